@@ -1,0 +1,69 @@
+"""torch.library registration of our kernel backends ("triton", "cuda").
+
+One forward and one backward op, so that ``torch.compile(fullgraph=True)`` traces through the attention with no
+graph break (the fake implementations give output shapes) and autograd wires the backward by name. Both ops
+dispatch on a backend string to a module with ``forward(q, k, v, patch_nums, row_bits, scale) -> (out, lse)``
+and ``backward(dout, q, k, v, out, lse, patch_nums, row_bits, scale) -> (dq, dk, dv)``.
+
+We register with ``custom_op`` rather than ``triton_op``: one schema serves both the Triton and the CUDA kernels,
+and the Triton kernels also run on CPU tensors under TRITON_INTERPRET=1, which Inductor's Triton path cannot.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Sequence
+
+import torch
+
+_BACKEND_MODULES = {"triton": "hmar_kernels.triton.launch", "cuda": "hmar_kernels.cuda"}
+
+
+def backend_module(name: str):
+    return importlib.import_module(_BACKEND_MODULES[name])
+
+
+@torch.library.custom_op("hmar_kernels::attention_forward", mutates_args=())
+def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, patch_nums: Sequence[int],
+                      row_bits: Sequence[int], softmax_scale: float, backend: str
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, H, L, D) q, k, v → out (B, H, L, D), lse (B, H, L) fp32 (natural log)."""
+    return backend_module(backend).forward(q, k, v, tuple(patch_nums), tuple(row_bits), softmax_scale)
+
+
+@attention_forward.register_fake
+def _attention_forward_fake(q, k, v, patch_nums, row_bits, softmax_scale, backend):
+    B, H, L, D = q.shape
+    return q.new_empty((B, H, L, D)), q.new_empty((B, H, L), dtype=torch.float32)
+
+
+@torch.library.custom_op("hmar_kernels::attention_backward", mutates_args=())
+def attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                       lse: torch.Tensor, patch_nums: Sequence[int], row_bits: Sequence[int],
+                       softmax_scale: float, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dq, dk, dv) of attention_forward's out, given dout (B, H, L, D)."""
+    return backend_module(backend).backward(dout, q, k, v, out, lse, tuple(patch_nums), tuple(row_bits),
+                                            softmax_scale)
+
+
+@attention_backward.register_fake
+def _attention_backward_fake(dout, q, k, v, out, lse, patch_nums, row_bits, softmax_scale, backend):
+    # The kernels return fresh contiguous gradients whatever the inputs' strides.
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, patch_nums, row_bits, softmax_scale, backend = inputs
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.patch_nums, ctx.row_bits, ctx.softmax_scale, ctx.backend = patch_nums, row_bits, softmax_scale, backend
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = attention_backward(dout, q, k, v, out, lse, ctx.patch_nums, ctx.row_bits, ctx.softmax_scale,
+                                    ctx.backend)
+    return dq, dk, dv, None, None, None, None
+
+
+attention_forward.register_autograd(_backward, setup_context=_setup_context)

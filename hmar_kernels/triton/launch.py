@@ -1,0 +1,135 @@
+"""Host side of the Triton backend: pick configs, fetch cached metadata, launch. No syncs, no loops over scales."""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from ..options import current_options
+from ..schedule import TileMask, launch_order, tile_mask
+from . import tuning
+from .bwd import attn_bwd_kernel, bwd_preprocess_kernel
+from .fwd import LOG2E, attn_fwd_kernel
+
+PREPROCESS_BLOCK = 128
+
+
+@functools.lru_cache(maxsize=256)
+def _fwd_programs(mask: TileMask, batch_heads: int) -> torch.Tensor:
+    """Device program table of the forward (see ``launch_order``); cached per (metadata, B·H)."""
+    return torch.from_numpy(launch_order([mask.kv_visits], batch_heads)).to(mask.device)
+
+
+@functools.lru_cache(maxsize=256)
+def _bwd_programs(dkdv_mask: TileMask, dq_mask: TileMask, batch_heads: int) -> torch.Tensor:
+    """Device program table of the backward: kind 0 = dK/dV of a KV tile, kind 1 = dQ of a Q tile."""
+    # Cost of a program ∝ inner iterations × tile area × matmuls per iteration (dK/dV: 4, dQ: 3).
+    dkdv = 4 * dkdv_mask.block_m * dkdv_mask.block_n * dkdv_mask.q_visits
+    dq = 3 * dq_mask.block_m * dq_mask.block_n * dq_mask.kv_visits
+    return torch.from_numpy(launch_order([dkdv, dq], batch_heads)).to(dq_mask.device)
+
+
+def _new(shape, dtype, device) -> torch.Tensor:
+    if current_options().poison_outputs:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs get exact fp32 products (tests hold them to fp32 accuracy); 16-bit inputs ignore the setting.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _launch_fwd(config: tuning.FwdConfig, q, k, v, out, lse, patch_nums, row_bits, softmax_scale):
+    B, H, L, D = q.shape
+    mask = tile_mask(patch_nums, row_bits, config.block_m, config.block_n, q.device)
+    programs = _fwd_programs(mask, B * H)
+    attn_fwd_kernel[(programs.shape[0],)](
+        q, k, v, out, lse,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        mask.level, mask.row_bits_t, mask.kv_offsets, mask.kv_num_full, mask.kv_indices, programs,
+        H, L, softmax_scale * LOG2E,
+        HEAD_DIM=D, BLOCK_M=config.block_m, BLOCK_N=config.block_n, DOT_PRECISION=_dot_precision(q.dtype),
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+
+
+def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], softmax_scale: float):
+    """q, k, v: (B, H, L, D) → out (B, H, L, D) in q's dtype, lse (B, H, L) fp32 natural-log units."""
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    B, H, L, D = q.shape
+    out = _new((B, H, L, D), q.dtype, q.device)
+    lse = _new((B, H, L), torch.float32, q.device)
+    options = current_options()
+    config = options.triton_fwd
+    if config is None:
+        if tuning.interpreting():
+            config = tuning.INTERPRETER_FWD
+        else:
+            key = ("fwd", patch_nums, row_bits, D, q.dtype, q.device)
+            config = tuning.pick(key, tuning.fwd_candidates(D),
+                                 lambda c: _launch_fwd(c, q, k, v, out, lse, patch_nums, row_bits, softmax_scale),
+                                 options.autotune, q.device)
+    _launch_fwd(config, q, k, v, out, lse, patch_nums, row_bits, softmax_scale)
+    return out, lse
+
+
+def _launch_bwd(config: tuning.BwdConfig, dout, q, k, v, lse, delta, dq, dk, dv, patch_nums, row_bits,
+                softmax_scale):
+    B, H, L, D = q.shape
+    dkdv_mask = tile_mask(patch_nums, row_bits, config.block_m1, config.block_n1, q.device)
+    dq_mask = tile_mask(patch_nums, row_bits, config.block_m2, config.block_n2, q.device)
+    programs = _bwd_programs(dkdv_mask, dq_mask, B * H)
+    attn_bwd_kernel[(programs.shape[0],)](
+        q, k, v, dout, dq, dk, dv, lse, delta,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        dout.stride(0), dout.stride(1), dout.stride(2),
+        dq.stride(0), dq.stride(1), dq.stride(2),
+        dkdv_mask.level, dkdv_mask.row_bits_t,
+        dkdv_mask.q_offsets, dkdv_mask.q_num_full, dkdv_mask.q_indices,
+        dq_mask.kv_offsets, dq_mask.kv_num_full, dq_mask.kv_indices,
+        programs, H, L, softmax_scale, softmax_scale * LOG2E,
+        HEAD_DIM=D, BLOCK_M1=config.block_m1, BLOCK_N1=config.block_n1,
+        BLOCK_M2=config.block_m2, BLOCK_N2=config.block_n2, DOT_PRECISION=_dot_precision(q.dtype),
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+
+
+def backward(dout, q, k, v, out, lse, patch_nums: tuple[int, ...], row_bits: tuple[int, ...],
+             softmax_scale: float):
+    """Gradients (dq, dk, dv) of ``forward``'s out, each (B, H, L, D) in its input's dtype."""
+    dout, q, k, v, out = (_last_dim_contiguous(t) for t in (dout, q, k, v, out))
+    B, H, L, D = q.shape
+    delta = _new((B, H, L), torch.float32, q.device)
+    bwd_preprocess_kernel[(math.ceil(L / PREPROCESS_BLOCK), B * H)](
+        out, dout, delta,
+        out.stride(0), out.stride(1), out.stride(2),
+        dout.stride(0), dout.stride(1), dout.stride(2),
+        H, L, HEAD_DIM=D, BLOCK=PREPROCESS_BLOCK,
+    )
+    dq = _new((B, H, L, D), q.dtype, q.device)
+    dk = _new((B, H, L, D), k.dtype, q.device)
+    dv = _new((B, H, L, D), v.dtype, q.device)
+    options = current_options()
+    config = options.triton_bwd
+    if config is None:
+        if tuning.interpreting():
+            config = tuning.INTERPRETER_BWD
+        else:
+            key = ("bwd", patch_nums, row_bits, D, q.dtype, q.device)
+            config = tuning.pick(key, tuning.bwd_candidates(D),
+                                 lambda c: _launch_bwd(c, dout, q, k, v, lse, delta, dq, dk, dv, patch_nums,
+                                                       row_bits, softmax_scale),
+                                 options.autotune, q.device)
+    _launch_bwd(config, dout, q, k, v, lse, delta, dq, dk, dv, patch_nums, row_bits, softmax_scale)
+    return dq, dk, dv
