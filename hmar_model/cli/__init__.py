@@ -1,0 +1,1 @@
+"""Command-line entry points (hmar-bench, hmar-plot, hmar-sample, hmar-edit)."""

@@ -1,0 +1,58 @@
+"""Shared test helpers: device selection, random schedules, and the one tolerance rule.
+
+Without a CUDA device the Triton kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1 must be set before
+any kernel is defined, hence here). GPU-only tests use the ``gpu`` marker and skip with a reason.
+"""
+import os
+
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (none found)")
+
+REAL_SCHEDULES = {
+    256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+    512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),
+    1024: (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64),
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device")
+
+
+def random_schedule(rng: np.random.Generator, max_scales: int = 4, max_side: int = 6) -> tuple[int, ...]:
+    """Increasing-ish side lengths whose squares are rarely tile multiples (e.g. (1, 3, 4, 6))."""
+    count = int(rng.integers(1, max_scales + 1))
+    return tuple(int(x) for x in np.sort(rng.integers(1, max_side + 1, size=count)))
+
+
+def random_pattern(rng: np.random.Generator, num_scales: int) -> np.ndarray:
+    """A random S×S boolean matrix with at least one True per row."""
+    matrix = rng.random((num_scales, num_scales)) < 0.5
+    matrix[np.arange(num_scales), rng.integers(0, num_scales, size=num_scales)] = True
+    return matrix
+
+
+def check_close(name: str, out: torch.Tensor, golden: torch.Tensor, baseline: torch.Tensor):
+    """Kernel error ≤ 2 × baseline error + 2 × rounding noise, after checking for NaN/inf.
+
+    golden: the reference in float64 on the same (rounded) inputs; baseline: the same reference computed in the
+    test dtype; rounding noise: what storing the golden result in out's dtype costs.
+    """
+    assert out.shape == golden.shape, f"{name}: shape {tuple(out.shape)} != {tuple(golden.shape)}"
+    finite = torch.isfinite(out)
+    assert finite.all(), f"{name}: {int((~finite).sum())} of {out.numel()} values are NaN/inf (unwritten?)"
+    golden = golden.double()
+    error = (out.double() - golden).abs().max().item()
+    baseline_error = (baseline.double() - golden).abs().max().item()
+    rounding = (golden.to(out.dtype).double() - golden).abs().max().item()
+    bound = 2 * baseline_error + 2 * rounding + 1e-12
+    assert error <= bound, (f"{name}: max error {error:.3e} > bound {bound:.3e} "
+                            f"(baseline error {baseline_error:.3e}, rounding {rounding:.3e})")
