@@ -41,10 +41,13 @@ def random_pattern(rng: np.random.Generator, num_scales: int) -> np.ndarray:
 
 
 def check_close(name: str, out: torch.Tensor, golden: torch.Tensor, baseline: torch.Tensor):
-    """Kernel error ≤ 2 × baseline error + 2 × rounding noise, after checking for NaN/inf.
+    """Kernel error ≤ 2 × baseline error + 2 × rounding noise + an fp32 floor, after checking for NaN/inf.
 
     golden: the reference in float64 on the same (rounded) inputs; baseline: the same reference computed in the
-    test dtype; rounding noise: what storing the golden result in out's dtype costs.
+    test dtype; rounding noise: what storing the golden result in out's dtype costs. The floor, 64 fp32 ulps at
+    the golden's largest magnitude (at least 1), covers the kernels' fp32 accumulation and exp2/LSE recomputation
+    (up to ~8 ulps above the rule seen on fp32 gradients) and results the baseline gets exactly (dQ = 0 when a
+    query sees a single key). It is negligible next to fp16/bf16 rounding, where FlashAttention's rule applies.
     """
     assert out.shape == golden.shape, f"{name}: shape {tuple(out.shape)} != {tuple(golden.shape)}"
     finite = torch.isfinite(out)
@@ -53,6 +56,7 @@ def check_close(name: str, out: torch.Tensor, golden: torch.Tensor, baseline: to
     error = (out.double() - golden).abs().max().item()
     baseline_error = (baseline.double() - golden).abs().max().item()
     rounding = (golden.to(out.dtype).double() - golden).abs().max().item()
-    bound = 2 * baseline_error + 2 * rounding + 1e-12
+    floor = 64 * torch.finfo(torch.float32).eps * max(1.0, golden.abs().max().item())
+    bound = 2 * baseline_error + 2 * rounding + floor
     assert error <= bound, (f"{name}: max error {error:.3e} > bound {bound:.3e} "
                             f"(baseline error {baseline_error:.3e}, rounding {rounding:.3e})")
