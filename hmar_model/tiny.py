@@ -1,0 +1,25 @@
+"""Tiny configurations of the same architectures, for tests, smoke runs and examples on a CPU.
+
+Same code paths as the official models, with small widths: VQVAE 16 px images (4×4 latent, schedule
+(1, 2, 3, 4)), transformers of depth 3 and width 32.
+"""
+from __future__ import annotations
+
+from .hmar import build_hmar, build_hmar_mp, build_hmar_nsp
+from .var import build_var
+from .vqvae import build_vqvae
+
+TINY_PATCH_NUMS = (1, 2, 3, 4)
+TINY_VQVAE = dict(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1)
+TINY_TRANSFORMER = dict(width=32, num_heads=2, num_classes=10, vocab_size=64, latent_channels=8, n_layers_train=2)
+TINY_DEPTH = 3
+
+
+def tiny_vqvae(patch_nums=TINY_PATCH_NUMS, device=None):
+    return build_vqvae(patch_nums, device=device, **TINY_VQVAE)
+
+
+def tiny_transformer(kind: str, patch_nums=TINY_PATCH_NUMS, device=None, depth: int = TINY_DEPTH, **overrides):
+    """kind: 'var', 'hmar_nsp', 'hmar_mp' or 'hmar' (composite)."""
+    builders = {"var": build_var, "hmar_nsp": build_hmar_nsp, "hmar_mp": build_hmar_mp, "hmar": build_hmar}
+    return builders[kind](depth, patch_nums, device=device, **{**TINY_TRANSFORMER, **overrides})
