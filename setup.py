@@ -44,7 +44,9 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.9", "triton>=3.4", "numpy"],
     extras_require={"bench": ["pandas", "matplotlib", "pytest-benchmark"], "test": ["pytest"]},
-    entry_points={"console_scripts": ["hmar-bench=hmar_model.cli.bench:main"]},
+    entry_points={"console_scripts": ["hmar-bench=hmar_model.cli.bench:main",
+                                     "hmar-sample=hmar_model.cli.sample:main",
+                                     "hmar-edit=hmar_model.cli.edit:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )
