@@ -12,9 +12,10 @@ Conventions shared with bwd.py:
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
-OUT_OF_RANGE_LEVEL = 31
+# Globals read inside @triton.jit functions must be constexpr (Triton 3.6 rejects plain module globals).
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+OUT_OF_RANGE_LEVEL = tl.constexpr(31)
 
 
 @triton.jit

@@ -10,9 +10,10 @@ from ..options import current_options
 from ..schedule import TileMask, launch_order, tile_mask
 from . import tuning
 from .bwd import attn_bwd_kernel, bwd_preprocess_kernel
-from .fwd import LOG2E, attn_fwd_kernel
+from .fwd import attn_fwd_kernel
 
 PREPROCESS_BLOCK = 128
+LOG2E = math.log2(math.e)  # host copy of fwd.LOG2E, to fold into qk_scale
 
 
 @functools.lru_cache(maxsize=256)
