@@ -164,9 +164,14 @@ def run_blocks(blocks: Sequence[AdaLNSelfAttn], x_BLC, cond_BD, attend: Attend |
     return x_BLC
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Upcast half types to fp32 (upstream's ``.float()``) but leave float64 alone (float64 tests)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def logits(head_nm: AdaLNBeforeHead, head: nn.Linear, x_BLC, cond_BD) -> torch.Tensor:
     """head(head_nm(x, cond)) as fp32 (B, L, V); under autocast the head itself runs in low precision."""
-    return head(head_nm(x_BLC.float(), cond_BD).float()).float()
+    return at_least_fp32(head(at_least_fp32(head_nm(at_least_fp32(x_BLC), cond_BD))))
 
 
 class ScaleEmbeddings(nn.Module):

@@ -19,7 +19,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .blocks import (AdaLNBeforeHead, MultiScaleAttention, ScaleEmbeddings, dense_attention, logits, run_blocks)
+from .blocks import (AdaLNBeforeHead, MultiScaleAttention, ScaleEmbeddings, at_least_fp32, dense_attention, logits,
+                     run_blocks)
 from .schedules import PATCH_NUMS
 from .var import VAR, TransformerConfig, _no_autocast, build_transformer, make_blocks
 
@@ -44,13 +45,13 @@ class _SplitBiasEmbeddings(ScaleEmbeddings):
 
     def word_tokens(self, x_BlCv: torch.Tensor) -> torch.Tensor:
         """Next-scale tokens: W·x + b (the same function as VAR's biased word_embed)."""
-        return self.word_embed(x_BlCv.float()) + self.word_embed_bias
+        return self.word_embed(at_least_fp32(x_BlCv)) + self.word_embed_bias
 
     def mask_tokens(self, ctx_BlCv: torch.Tensor, own_BlCv: torch.Tensor, masked_Bl: torch.Tensor) -> torch.Tensor:
         """W·ctx + (masked ? [MASK] : W·own) + b, (B, l, C): the bias is added once to the sum of both maps."""
-        own_BlC = self.word_embed(own_BlCv.float())
+        own_BlC = self.word_embed(at_least_fp32(own_BlCv))
         own_BlC = torch.where(masked_Bl.unsqueeze(-1), self.mask_embed.weight.to(own_BlC.dtype), own_BlC)
-        return self.word_embed(ctx_BlCv.float()) + own_BlC + self.word_embed_bias
+        return self.word_embed(at_least_fp32(ctx_BlCv)) + own_BlC + self.word_embed_bias
 
     def _teacher_forcing(self, label_B, body_BlC, blocks, head_nm, head, backend):
         """Prepend the class token, add lvl_pos, run ``blocks`` block-diagonally, return logits (B, L, V)."""

@@ -99,7 +99,7 @@ def generate(model, quantizer, label_B: torch.Tensor, *, cfg: float, top_k: int,
     cond_2BD = model.class_emb(label_2B)
     lvl_pos = model.lvl_pos()
     tokens = model.start_tokens(cond_2BD, lvl_pos)
-    f_hat = torch.zeros(B, quantizer.channels, P, P, device=label_B.device)
+    f_hat = quantizer.embedding.weight.new_zeros(B, quantizer.channels, P, P)  # fp32 accumulation
     state = model.inference_state()
     indices = []
     for si, p in enumerate(patch_nums):

@@ -23,3 +23,19 @@ def tiny_transformer(kind: str, patch_nums=TINY_PATCH_NUMS, device=None, depth: 
     """kind: 'var', 'hmar_nsp', 'hmar_mp' or 'hmar' (composite)."""
     builders = {"var": build_var, "hmar_nsp": build_hmar_nsp, "hmar_mp": build_hmar_mp, "hmar": build_hmar}
     return builders[kind](depth, patch_nums, device=device, **{**TINY_TRANSFORMER, **overrides})
+
+
+def randomize_(model, seed: int, std: float = 0.3):
+    """Overwrite every parameter with N(0, std²) (log temperatures near ln 4), so that every block, gamma and
+    bias really shapes the output: the official init (tiny AdaLN gammas) would let numerical tests pass with a
+    broken block. Returns the model."""
+    import math
+
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype)
+            p.copy_(math.log(4.0) + 0.5 * noise if name.endswith("scale_mul_1H11") else std * noise)
+    return model

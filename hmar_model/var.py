@@ -19,8 +19,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .blocks import (AdaLNBeforeHead, AdaLNSelfAttn, KVCache, MultiScaleAttention, ScaleEmbeddings, dense_attention,
-                     init_transformer_weights_, logits, official_adaln_gamma, run_blocks)
+from .blocks import (AdaLNBeforeHead, AdaLNSelfAttn, KVCache, MultiScaleAttention, ScaleEmbeddings, at_least_fp32,
+                     dense_attention, init_transformer_weights_, logits, official_adaln_gamma, run_blocks)
 from .schedules import PATCH_NUMS, validate_patch_nums
 
 
@@ -74,7 +74,7 @@ class VAR(ScaleEmbeddings):
 
     def word_tokens(self, x_BlCv: torch.Tensor) -> torch.Tensor:
         """Latent tokens (B, l, Cvae) → (B, l, C), without position/level embeddings."""
-        return self.word_embed(x_BlCv.float())
+        return self.word_embed(at_least_fp32(x_BlCv))
 
     def forward(self, label_B: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor, backend: str = "auto") -> torch.Tensor:
         """Teacher forcing: logits (B, L, V) fp32 for every position. Label dropout and drop path in train()."""
