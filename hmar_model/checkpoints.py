@@ -200,9 +200,17 @@ def detect_format(sd: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
-def _schedule_for_length(L: int, patch_nums):
+def _schedule_of(sd: Mapping[str, torch.Tensor], patch_nums):
+    """The schedule: given, else read off the ``lvl_1L`` buffer (scale of every position), else by L."""
     if patch_nums is not None:
         return tuple(patch_nums)
+    levels = sd.get("lvl_1L")
+    if levels is not None and not levels.is_meta:
+        counts = torch.bincount(levels.reshape(-1).long()).tolist()
+        sides = [round(n ** 0.5) for n in counts]
+        if all(s * s == n for s, n in zip(sides, counts)):
+            return tuple(sides)
+    L = sd["pos_1LC"].shape[1]
     for pn in PATCH_NUMS.values():
         if sum(p * p for p in pn) == L:
             return pn
@@ -230,7 +238,7 @@ def transformer_config_from_state_dict(sd: Mapping[str, torch.Tensor], patch_num
         depth=depth, width=width, num_heads=sd[first + "attn.scale_mul_1H11"].shape[1],
         num_classes=sd["class_emb.weight"].shape[0] - 1, vocab_size=head.shape[0],
         latent_channels=sd["word_embed.weight"].shape[1], mlp_ratio=sd[first + "ffn.fc1.weight"].shape[0] / width,
-        n_layers_train=n_train, patch_nums=_schedule_for_length(sd["pos_1LC"].shape[1], patch_nums))
+        n_layers_train=n_train, patch_nums=_schedule_of(sd, patch_nums))
 
 
 def vqvae_config_from_state_dict(sd: Mapping[str, torch.Tensor], patch_nums=None) -> VQVAEConfig:
@@ -240,8 +248,10 @@ def vqvae_config_from_state_dict(sd: Mapping[str, torch.Tensor], patch_nums=None
     blocks = 1 + max(int(k.split(".")[4]) for k in sd if k.startswith("encoder.down.0.block."))
     phis = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith("quantize.quant_resi.qresi_ls."))
     vocab, z = sd["quantize.embedding.weight"].shape
+    if patch_nums is None:  # the weights do not depend on the schedule; the usage buffer has one row per scale
+        patch_nums = PATCH_NUMS[1024] if sd["quantize.ema_vocab_hit_SV"].shape[0] == 14 else PATCH_NUMS[256]
     return VQVAEConfig(vocab_size=vocab, z_channels=z, ch=ch, ch_mult=ch_mult, num_res_blocks=blocks, num_phis=phis,
-                       patch_nums=tuple(patch_nums) if patch_nums else PATCH_NUMS[256])
+                       patch_nums=tuple(patch_nums))
 
 
 _CLASSES = {"var": VAR, "hmar_nsp": NextScalePrediction, "hmar_mp": MaskedPrediction, "hmar": HMAR}
