@@ -10,6 +10,7 @@ wait), so a call's host overhead is included (at 256 px the host, not the GPU, i
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -90,3 +91,237 @@ def fwd_call(attend: Callable, inputs: Sequence[tuple]) -> Callable[[int], objec
         with torch.no_grad():
             return attend(q, k, v)
     return call
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The attention sweep: one case = (schedule, pattern, backend, dtype, shape). hmar-bench and the pytest-benchmark
+# suites in bench/ both build their cases, inputs, references and errors here.
+
+SCHEDULES = {
+    256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+    512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),
+    1024: (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64),
+}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+PATTERNS = ("block_diagonal", "block_causal")
+# The measured dense FlashAttention rate (kernel_targets.md): SDPA's FlashAttention kernel, no mask, all L² pairs
+# counted as useful. Its rows carry this backend and pattern so that they never mix with the masked backends.
+DENSE_BACKEND = "dense_fa"
+DENSE_PATTERN = "dense"
+OUR_BACKENDS = ("cuda", "triton")
+ANCHOR_BACKENDS = ("sdpa", "flex", "varlen")
+SWEEP_BACKENDS = OUR_BACKENDS + ANCHOR_BACKENDS + (DENSE_BACKEND,)
+
+
+@dataclass(frozen=True)
+class AttentionCase:
+    """One point of the sweep: q, k, v of shape (batch, heads, L, head_dim) over ``patch_nums``."""
+
+    patch_nums: tuple[int, ...]
+    pattern: str  # "block_diagonal", "block_causal", or DENSE_PATTERN (with backend DENSE_BACKEND)
+    backend: str  # an hmar_kernels.attention backend, or DENSE_BACKEND
+    dtype: str  # a key of DTYPES
+    batch: int
+    heads: int
+    head_dim: int
+    px: int = 0  # resolution label of the schedule (0: a custom schedule)
+
+    @classmethod
+    def at(cls, px: int, pattern: str, backend: str, dtype: str, batch: int, heads: int, head_dim: int):
+        if backend == DENSE_BACKEND:
+            pattern = DENSE_PATTERN
+        return cls(SCHEDULES[px], pattern, backend, dtype, batch, heads, head_dim, px)
+
+    @property
+    def length(self) -> int:
+        return sum(p * p for p in self.patch_nums)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def row_bits(self) -> tuple[int, ...]:
+        s = len(self.patch_nums)
+        if self.pattern == DENSE_PATTERN:
+            return ((1 << s) - 1,) * s
+        from .schedule import named_pattern_bits
+
+        return named_pattern_bits(self.pattern, s)
+
+    @property
+    def softmax_scale(self) -> float:
+        return self.head_dim ** -0.5
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.heads, self.length, self.head_dim)
+
+    def flops(self, with_backward: bool = False) -> float:
+        """Useful FLOPs (dense rows: all L² pairs)."""
+        return useful_flops(self.patch_nums, self.row_bits, self.batch, self.heads, self.head_dim, with_backward)
+
+    def unavailable(self, device: torch.device) -> str | None:
+        """Why this backend cannot run this case on ``device`` (the API's own message), or None."""
+        if self.backend == DENSE_BACKEND:
+            if device.type != "cuda" or self.dtype not in ("bf16", "fp16"):
+                return f"{DENSE_BACKEND} (SDPA FlashAttention) needs CUDA bf16/fp16 tensors, got {self.dtype} on " \
+                       f"{device.type}"
+            return None
+        from .api import _plan
+
+        try:
+            _plan(self.patch_nums, self.pattern, None, self.backend, device, self.torch_dtype, self.shape)
+        except ValueError as error:
+            return str(error)
+        return None
+
+    def attend(self) -> Callable:
+        """``attend(q, k, v) -> out`` running this case's backend."""
+        if self.backend == DENSE_BACKEND:
+            return _dense_flash_attention
+        from .api import attention
+
+        patch_nums, pattern, backend = self.patch_nums, self.pattern, self.backend
+
+        def attend(q, k, v):
+            return attention(q, k, v, patch_nums, pattern, backend=backend)
+
+        return attend
+
+    def label(self) -> str:
+        where = f"{self.px}px" if self.px else f"L={self.length}"
+        return f"{where} {self.pattern} {self.dtype} D={self.head_dim} {self.backend}"
+
+
+def _dense_flash_attention(q, k, v):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+def make_inputs(case: AttentionCase, device, sets: int | None = None, seed: int = 0) -> list[tuple]:
+    """Input sets (q, k, v, dout) for ``case``; q, k, v are leaves that require grad.
+
+    By default as many sets as ``rotation_count`` asks for, so that rotating through them keeps L2 cold.
+    """
+    if sets is None:
+        bytes_per_set = 4 * case.batch * case.heads * case.length * case.head_dim * case.torch_dtype.itemsize
+        sets = rotation_count(bytes_per_set)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    for _ in range(sets):
+        q, k, v, dout = (torch.randn(case.shape, device=device, dtype=case.torch_dtype, generator=generator)
+                         for _ in range(4))
+        out.append((q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), dout))
+    return out
+
+
+def reference_outputs(case: AttentionCase, inputs: tuple, dtype: torch.dtype = torch.float32,
+                      whole_batch: bool = False) -> tuple[torch.Tensor, ...]:
+    """(out, dq, dk, dv) of the reference on batch element 0 of one input set (all of it with ``whole_batch``),
+    computed in ``dtype``.
+
+    Batch element 0 alone keeps the reference's L×L-sized intermediates small at 1024 px (the result is exact
+    per batch element, so nothing is lost); kernels are then compared on that element of their full results.
+    """
+    from .reference import reference_attention
+
+    batch = slice(None) if whole_batch else slice(0, 1)
+    q, k, v, dout = (t[batch].detach().to(dtype) for t in inputs)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    with torch.enable_grad():
+        out, _ = reference_attention(q, k, v, case.patch_nums, case.row_bits, case.softmax_scale)
+        grads = torch.autograd.grad(out, (q, k, v), dout)
+    return (out.detach(), *grads)
+
+
+def run_fwd_bwd(attend: Callable, inputs: tuple) -> tuple[torch.Tensor, ...]:
+    """(out, dq, dk, dv) of ``attend`` on one input set."""
+    q, k, v, dout = inputs
+    with torch.enable_grad():
+        out = attend(q, k, v)
+        grads = torch.autograd.grad(out, (q, k, v), dout)
+    return (out.detach(), *grads)
+
+
+def max_error_vs(results: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
+    """Largest ``max_relative_error`` over (out, dq, dk, dv), comparing batch element 0 of ``results``."""
+    return max(max_relative_error(r[:1], ref) for r, ref in zip(results, reference))
+
+
+def error_bound(out: torch.Tensor, golden: torch.Tensor, baseline: torch.Tensor) -> tuple[float, float]:
+    """(error, bound) of the tests' tolerance rule: error ≤ 2 × baseline error + 2 × rounding noise.
+
+    golden: the reference in float64; baseline: the reference in out's dtype; rounding noise: what storing the
+    golden result in out's dtype costs. NaN or inf in ``out`` gives an infinite error.
+    """
+    golden = golden.double()
+    if not torch.isfinite(out).all():
+        return float("inf"), 0.0
+    error = (out.double() - golden).abs().max().item()
+    baseline_error = (baseline.double() - golden).abs().max().item()
+    rounding = (golden.to(out.dtype).double() - golden).abs().max().item()
+    return error, 2 * baseline_error + 2 * rounding + 1e-12
+
+
+def _wall(call: Callable[[], object], device) -> float:
+    """Seconds of wall time of ``call()``, synchronised at both ends on CUDA."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    call()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def measure_case(case: AttentionCase, inputs: Sequence[tuple], reference: Sequence[torch.Tensor] | None,
+                 reps: int = 20, warmup: int = 3) -> tuple[dict, dict]:
+    """Time one case on CUDA: (row, phases).
+
+    row: fwd_ms, fwdbwd_ms (medians of ``time_cuda``), useful TFLOP/s, peak_mem_mb (fwd+bwd), max_rel_err (out
+    and gradients against ``reference``, see ``reference_outputs``; NaN without one) and first_call_s.
+    phases: wall seconds of "first call" (compilation, autotuning: the first fwd+bwd and the first no-grad
+    forward), "timing" and "memory".
+    """
+    attend = case.attend()
+    device = inputs[0][0].device
+    results = []
+    first = _wall(lambda: results.append(run_fwd_bwd(attend, inputs[0])), device)
+    first += _wall(lambda: fwd_call(attend, inputs)(0), device)
+    error = max_error_vs(results[0], reference) if reference is not None else float("nan")
+    del results
+    start = time.perf_counter()
+    fwd = time_cuda(fwd_call(attend, inputs), warmup=warmup, reps=reps)
+    fwdbwd = time_cuda(fwd_bwd_call(attend, inputs), warmup=warmup, reps=reps)
+    timing = time.perf_counter() - start
+    start = time.perf_counter()
+    peak = peak_memory_mb(lambda: fwd_bwd_call(attend, inputs)(0))
+    memory = time.perf_counter() - start
+    flops = case.flops()
+    row = dict(px=case.px, L=case.length, B=case.batch, H=case.heads, D=case.head_dim, dtype=case.dtype,
+               pattern=case.pattern, backend=case.backend, fwd_ms=fwd.median_ms, fwdbwd_ms=fwdbwd.median_ms,
+               fwd_tflops=flops / fwd.median_ms / 1e9,
+               fwdbwd_tflops=flops * FWD_BWD_FACTOR / fwdbwd.median_ms / 1e9,
+               peak_mem_mb=peak, max_rel_err=error, first_call_s=first)
+    return row, {"first call": first, "timing": timing, "memory": memory}
+
+
+def check_case(case: AttentionCase, device, attend: Callable | None = None, seed: int = 0) -> dict:
+    """Correctness of one case against the float64 reference, with the tests' rule (``error_bound``).
+
+    Returns {"out": error/bound, "dq": ..., "dk": ..., "dv": ..., "worst": max ratio}; ratio ≤ 1 passes.
+    ``attend`` overrides the case's backend (tests use it to check that a wrong kernel fails).
+    """
+    inputs = make_inputs(case, device, sets=1, seed=seed)[0]
+    results = run_fwd_bwd(attend or case.attend(), inputs)
+    golden = reference_outputs(case, inputs, torch.float64, whole_batch=True)
+    baseline = reference_outputs(case, inputs, case.torch_dtype, whole_batch=True)
+    ratios = {}
+    for name, r, g, b in zip(("out", "dq", "dk", "dv"), results, golden, baseline):
+        error, bound = error_bound(r, g, b)
+        ratios[name] = error / bound if bound > 0 else float("inf")
+    ratios["worst"] = max(ratios.values())
+    return ratios
