@@ -46,7 +46,8 @@ setup(
     extras_require={"bench": ["pandas", "matplotlib", "pytest-benchmark"], "test": ["pytest"]},
     entry_points={"console_scripts": ["hmar-bench=hmar_model.cli.bench:main",
                                      "hmar-sample=hmar_model.cli.sample:main",
-                                     "hmar-edit=hmar_model.cli.edit:main"]},
+                                     "hmar-edit=hmar_model.cli.edit:main",
+                                     "hmar-plot=hmar_model.cli.plot:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )
