@@ -27,6 +27,16 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
 
 
+@pytest.fixture(autouse=True)
+def fixed_kernel_configs():
+    """Tests run the default (first) config of each kernel instead of autotuning every new shape; the
+    every-candidate GPU test covers the others."""
+    from hmar_kernels import kernel_options
+
+    with kernel_options(autotune=False):
+        yield
+
+
 def random_schedule(rng: np.random.Generator, max_scales: int = 4, max_side: int = 6) -> tuple[int, ...]:
     """Increasing-ish side lengths whose squares are rarely tile multiples (e.g. (1, 3, 4, 6))."""
     count = int(rng.integers(1, max_scales + 1))
