@@ -22,7 +22,8 @@ import torch.nn as nn
 from .blocks import (AdaLNBeforeHead, MultiScaleAttention, ScaleEmbeddings, at_least_fp32, dense_attention, logits,
                      run_blocks)
 from .schedules import PATCH_NUMS
-from .var import VAR, TransformerConfig, _no_autocast, build_transformer, make_blocks
+from .quant import autocast_disabled
+from .var import VAR, TransformerConfig, build_transformer, make_blocks
 
 
 class NextScalePrediction(VAR):
@@ -55,7 +56,7 @@ class _SplitBiasEmbeddings(ScaleEmbeddings):
 
     def _teacher_forcing(self, label_B, body_BlC, blocks, head_nm, head, backend):
         """Prepend the class token, add lvl_pos, run ``blocks`` block-diagonally, return logits (B, L, V)."""
-        with _no_autocast(label_B.device):
+        with autocast_disabled():
             cond_BD = self.conditioning(label_B, self.cfg.cond_drop_rate if self.training else 0.0)
             lvl_pos = self.lvl_pos()
             x_BLC = torch.cat((self.start_tokens(cond_BD, lvl_pos), body_BlC + lvl_pos[:, self.first_l:]), dim=1)
@@ -64,7 +65,7 @@ class _SplitBiasEmbeddings(ScaleEmbeddings):
 
     def _mask_forward(self, label_B, x_ctx, x_own, masked, blocks, head_nm, head, backend):
         masked = _validate_masked(masked, x_own)
-        with _no_autocast(label_B.device):
+        with autocast_disabled():
             body = self.mask_tokens(x_ctx, x_own, masked)
         return self._teacher_forcing(label_B, body, blocks, head_nm, head, backend)
 
@@ -142,7 +143,7 @@ class HMAR(_SplitBiasEmbeddings):
 
     def forward_next_scale(self, label_B, x_BLCv_wo_first_l, backend: str = "auto") -> torch.Tensor:
         """Teacher-forced next-scale logits (B, L, V), block-diagonal (equals the NSP model it came from)."""
-        with _no_autocast(label_B.device):
+        with autocast_disabled():
             body = self.word_tokens(x_BLCv_wo_first_l)
         return self._teacher_forcing(label_B, body, self.ns_path, self.ns_head_nm, self.ns_head, backend)
 

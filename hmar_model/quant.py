@@ -11,6 +11,8 @@ over the scales; which one a scale uses is a table decided by float64 rounding (
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -40,6 +42,22 @@ def phi_indices(num_scales: int, num_phis: int = 4) -> tuple[int, ...]:
     if num_phis == 4 and num_scales in PHI_INDEX:
         return PHI_INDEX[num_scales]
     return phi_indices_float64(num_scales, num_phis)
+
+
+@contextlib.contextmanager
+def autocast_disabled():
+    """fp32 region inside an ambient autocast (tokenisation, teacher-forcing inputs, embedding stages)."""
+    with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+        yield
+
+
+def fp32(fn):
+    """Run ``fn`` with autocast disabled (upstream computes tokens and training inputs outside autocast)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with autocast_disabled():
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def area(x: torch.Tensor, side: int) -> torch.Tensor:
@@ -108,6 +126,7 @@ class MultiScaleQuantizer(nn.Module):
         return dist.argmin(dim=1).view(B, h * w)
 
     @torch.no_grad()
+    @fp32
     def quantize(self, f_BCPP: torch.Tensor, patch_nums: Sequence[int] | None = None
                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Residual quantisation of f → (token maps [(B, n_k)], cumulative f̂ after each scale [(B, Cvae, P, P)]).
@@ -133,6 +152,7 @@ class MultiScaleQuantizer(nn.Module):
             fhats.append(f_hat.clone())
         return indices, fhats
 
+    @fp32
     def indices_to_fhats(self, indices: Sequence[torch.Tensor], patch_nums: Sequence[int] | None = None
                          ) -> list[torch.Tensor]:
         """Token maps → cumulative f̂ after each scale, f̂_k = Σ_{j≤k} φ_j(↑P E[r_j]) (last scale not resized)."""
@@ -146,6 +166,7 @@ class MultiScaleQuantizer(nn.Module):
             out.append(f_hat)
         return out
 
+    @fp32
     def next_scale_inputs(self, indices: Sequence[torch.Tensor], patch_nums: Sequence[int] | None = None
                           ) -> torch.Tensor:
         """Teacher-forcing input x_BLCv_wo_first_l (B, L − n_0, Cvae): scale k ≥ 1 sees ↓p_k f̂_{k−1}."""
@@ -158,6 +179,7 @@ class MultiScaleQuantizer(nn.Module):
             out.append(nxt.flatten(2).transpose(1, 2))  # (B, n_{si+1}, Cvae)
         return torch.cat(out, dim=1)
 
+    @fp32
     def masked_inputs(self, indices: Sequence[torch.Tensor], patch_nums: Sequence[int] | None = None) -> torch.Tensor:
         """Masked-prediction "own" input (B, L − n_0, Cvae): scale k ≥ 1 sees ↓p_k φ_k(↑P E[r_k]) (not cumulative).
 

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from .blocks import (AdaLNBeforeHead, AdaLNSelfAttn, KVCache, MultiScaleAttention, ScaleEmbeddings, at_least_fp32,
                      dense_attention, init_transformer_weights_, logits, official_adaln_gamma, run_blocks)
+from .quant import autocast_disabled
 from .schedules import PATCH_NUMS, validate_patch_nums
 
 
@@ -78,7 +79,7 @@ class VAR(ScaleEmbeddings):
 
     def forward(self, label_B: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor, backend: str = "auto") -> torch.Tensor:
         """Teacher forcing: logits (B, L, V) fp32 for every position. Label dropout and drop path in train()."""
-        with _no_autocast(label_B.device):  # the embedding stage stays fp32, as upstream VAR
+        with autocast_disabled():  # the embedding stage stays fp32, as upstream VAR
             cond_BD = self.conditioning(label_B, self.cfg.cond_drop_rate if self.training else 0.0)
             lvl_pos = self.lvl_pos()
             x_BLC = torch.cat((self.start_tokens(cond_BD, lvl_pos),
@@ -95,10 +96,6 @@ class VAR(ScaleEmbeddings):
         attend = dense_attention if state is None else [state.layer(i) for i in range(len(self.blocks))]
         x_BlC = run_blocks(self.blocks, tokens_BlC, cond_BD, attend)
         return logits(self.head_nm, self.head, x_BlC, cond_BD)
-
-
-def _no_autocast(device: torch.device):
-    return torch.autocast(device.type, enabled=False) if device.type in ("cuda", "cpu") else contextlib.nullcontext()
 
 
 def build_transformer(cls, depth: int, patch_nums: Sequence[int] = PATCH_NUMS[256], device=None, init: bool = True,

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .quant import MultiScaleQuantizer
+from .quant import MultiScaleQuantizer, fp32
 from .schedules import PATCH_NUMS
 
 
@@ -193,6 +193,7 @@ class VQVAE(nn.Module):
                              f"{side}×{side} latent grid (image side / {self.cfg.downsample})")
         return patch_nums
 
+    @fp32
     def img_to_latent(self, img_B3HW: torch.Tensor) -> torch.Tensor:
         """f = quant_conv(encoder(img)), (B, Cvae, R/16, R/16)."""
         if img_B3HW.dim() != 4 or img_B3HW.shape[1] != 3 or img_B3HW.shape[-1] % self.cfg.downsample:
