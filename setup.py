@@ -29,7 +29,11 @@ def cuda_extension():
     if not any(s.endswith(".cu") for s in sources):
         print("hmar-kernels: no CUDA sources under csrc/: skipping the CUDA extension")
         return [], {}
-    from hmar_kernels_build import extension_kwargs  # noqa: E402  (csrc build flags, shared with the JIT path)
+    import importlib.util  # csrc build flags, shared with the JIT path: hmar_kernels/_build.py, loaded by path
+    spec = importlib.util.spec_from_file_location("hmar_kernels_build", os.path.join("hmar_kernels", "_build.py"))
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    extension_kwargs = build.extension_kwargs
 
     return [CUDAExtension("hmar_kernels._C", sources, **extension_kwargs())], {"build_ext": BuildExtension}
 

@@ -1,22 +1,154 @@
-"""The hand-written CUDA backend (csrc/): loads the compiled extension ``hmar_kernels._C``."""
+"""The hand-written CUDA backend (csrc/): an sm90a (Hopper) block-sparse forward; the backward is, until the CUDA
+backward lands, the Triton backward fed with this forward's LSE.
+
+The extension is ``hmar_kernels._C`` when setup.py built it (``pip install --no-build-isolation -e .`` with a CUDA
+torch and nvcc). Where pip cannot build, set HMAR_CUDA_JIT=1: the first use compiles csrc/ with
+torch.utils.cpp_extension.load (cached; about a minute on 16 cores) from a source checkout.
+
+Host path per call: cached TileMask and program table, a few tensor checks, one kernel launch; no host syncs,
+no Python loop over scales.
+"""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
+import os
+
+import torch
+
+from .options import current_options
+from .schedule import TileMask, launch_order, tile_mask
+
+JIT_ENV = "HMAR_CUDA_JIT"
+KERNEL_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+@dataclasses.dataclass(frozen=True)
+class FwdOptions:
+    config: int = 0          # row of csrc/tile_size.h's fwd_tile_sm90 table (0: default tile)
+    persistent: bool = True  # grid = number of SMs walking the program table; False: one CTA per program
+
+
+_options = FwdOptions()
+
+
+@contextlib.contextmanager
+def fwd_options(**changes):
+    """Temporarily change the CUDA forward's options (benchmarks, tests): ``with fwd_options(config=1): ...``."""
+    global _options
+    saved = _options
+    _options = dataclasses.replace(_options, **changes)
+    try:
+        yield _options
+    finally:
+        _options = saved
 
 
 @functools.lru_cache(maxsize=1)
 def _extension():
-    """(module, None) when the extension imports, else (None, why not)."""
+    """(module, None) when the extension is available, else (None, why not)."""
     try:
-        from . import _C  # noqa: F401  (built by setup.py when torch has CUDA and nvcc is found)
+        from . import _C  # built by setup.py when torch has CUDA and nvcc is found
+        return _C, None
     except ImportError as error:
-        return None, f"the CUDA extension hmar_kernels._C is not built ({error})"
-    return _C, None
+        not_built = error
+    if os.environ.get(JIT_ENV, "0") == "1":
+        try:
+            from . import _build
+            return _build.load_jit(verbose=os.environ.get("HMAR_CUDA_JIT_VERBOSE", "0") == "1"), None
+        except Exception as error:  # a failed compile must not break the other backends: report it instead
+            return None, f"the JIT build of the CUDA extension failed ({type(error).__name__}: {error})"
+    return None, (f"the CUDA extension hmar_kernels._C is not built ({not_built}); build it with "
+                  f"`pip install --no-build-isolation -e .` on a machine with nvcc and a CUDA torch, or set "
+                  f"{JIT_ENV}=1 to compile it on first use")
+
+
+def module():
+    """The compiled extension (raises RuntimeError saying why it is unavailable)."""
+    ext, why = _extension()
+    if ext is None:
+        raise RuntimeError(why)
+    return ext
+
+
+@functools.lru_cache(maxsize=None)
+def _built() -> dict:
+    return dict(module().built())
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
 
 
 def problem(device, dtype, head_dim) -> str | None:
     """Why backend 'cuda' cannot run on such inputs, or None."""
-    module, why = _extension()
-    if module is None:
+    if device.type != "cuda":
+        return f"backend 'cuda' needs CUDA tensors (q is on {device})"
+    ext, why = _extension()
+    if ext is None:
         return why
-    return "backend 'cuda' has no kernels yet"
+    major, minor = _capability(device)
+    if (major, minor) != (9, 0):
+        return f"backend 'cuda' needs an sm90 (Hopper) GPU; {device} is sm{major}{minor} (sm80 comes with part 2)"
+    built = _built()
+    name = KERNEL_DTYPES.get(dtype)
+    if name is None:
+        return f"backend 'cuda' supports dtypes bf16 and fp16, got {dtype}"
+    if name not in built["dtypes"]:
+        return f"backend 'cuda': {name} kernels were not built (dev build; see HMAR_CUDA_DEV_BUILD)"
+    if head_dim not in built["head_dims"]:
+        return f"backend 'cuda' supports head dims {tuple(built['head_dims'])} in this build, got D = {head_dim}"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def fwd_tile(head_dim: int, config: int) -> tuple[int, int]:
+    """(block_m, block_n) of the forward kernel (csrc/tile_size.h): the TileMask is built with it."""
+    return tuple(module().fwd_tile(head_dim, config))
+
+
+@functools.lru_cache(maxsize=256)
+def _programs(mask: TileMask, batch_heads: int) -> torch.Tensor:
+    """Device program table (heaviest Q tiles first), cached per (metadata, B·H)."""
+    return torch.from_numpy(launch_order([mask.kv_visits], batch_heads)).to(mask.device)
+
+
+def _new(shape, dtype, device) -> torch.Tensor:
+    if current_options().poison_outputs:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _tma_ready(t: torch.Tensor) -> torch.Tensor:
+    """t itself when TMA can read it (unit stride on D, 16-byte aligned base and strides), else a contiguous copy."""
+    ok = t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(
+        s % 8 == 0 for s, n in zip(t.stride()[:-1], t.shape[:-1]) if n > 1)
+    return t if ok else t.contiguous()
+
+
+def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], softmax_scale: float):
+    """q, k, v: (B, H, L, D) bf16/fp16 on an sm90 GPU → out (B, H, L, D) in q's dtype, lse (B, H, L) fp32
+    (natural log; -inf for rows that see no key)."""
+    ext = module()
+    q, k, v = (_tma_ready(t) for t in (q, k, v))
+    B, H, L, D = q.shape
+    options = _options
+    block_m, block_n = fwd_tile(D, options.config)
+    mask = tile_mask(patch_nums, row_bits, block_m, block_n, q.device)
+    programs = _programs(mask, B * H)
+    out = _new((B, H, L, D), q.dtype, q.device)
+    lse = _new((B, H, L), torch.float32, q.device)
+    num_ctas = 0 if options.persistent else programs.shape[0]  # 0: one CTA per SM
+    ext.fwd(q, k, v, out, lse, mask.level, mask.row_bits_t, mask.kv_offsets, mask.kv_num_full, mask.kv_indices,
+            programs, softmax_scale, options.config, num_ctas, torch.cuda.current_stream(q.device).cuda_stream)
+    return out, lse
+
+
+def backward(dout, q, k, v, out, lse, patch_nums: tuple[int, ...], row_bits: tuple[int, ...],
+             softmax_scale: float):
+    """(dq, dk, dv): the Triton backward with this forward's LSE (same units), until the CUDA backward lands."""
+    from .triton import launch
+
+    return launch.backward(dout, q, k, v, out, lse, patch_nums, row_bits, softmax_scale)

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# One device call (nvidia-h100-x1) for the CUDA forward: install the carried CUTLASS wheel, JIT-build the
+# extension, smoke-check, then whichever stages are asked for, each under a share of one time budget.
+#
+#   run(command="bash bench/cuda_device.sh build smoke bench test sanitize", carry=[".whl"], timeout_s=480)
+#
+# Stages: smoke (bench/cuda_sanitize.py: 3 small cases vs float64), bench (bench/cuda_fwd.py, BENCH_ARGS),
+# test (pytest tests/test_cuda_fwd.py), sanitize (compute-sanitizer memcheck, racecheck, synccheck on the smoke
+# cases). A failed smoke runs memcheck on it and stops. Logs and CSVs go to $OUT (at most 8 files come back).
+# Here, first: python3 -m pip download --no-deps --only-binary=:all: -d .whl nvidia-cutlass==4.2.0.0
+set -uo pipefail
+START=$(date +%s)
+BUDGET=${BUDGET:-450}
+OUT=${OUT:-/tmp/hmar_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HMAR_CUDA_JIT=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_EXTENSIONS_DIR=/tmp/torch_extensions
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+export PYTHONPATH=/tmp/site:$PWD
+
+log() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/summary.txt"; }
+left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+stage_timeout() { local want=$1 l; l=$(left); [ "$want" -lt "$l" ] && echo "$want" || echo $(( l > 5 ? l - 5 : 1 )); }
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv \
+    > "$OUT/summary.txt" 2>&1
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
+    >> "$OUT/summary.txt"
+
+t=$(date +%s)
+timeout "$(stage_timeout 360)" python3 -c "
+import hmar_kernels.cuda as c
+m = c.module()
+print('built', m.built(), 'tile64', m.fwd_tile(64, 0), 'tile128', m.fwd_tile(128, 0))" > "$OUT/build.log" 2>&1
+rc=$?
+log "build rc=$rc in $(( $(date +%s) - t )) s: $(tail -1 "$OUT/build.log")"
+if [ $rc -ne 0 ]; then grep -E "error|Error" "$OUT/build.log" | head -30; exit 1; fi
+
+for stage in "$@"; do
+    t=$(date +%s)
+    case $stage in
+    build) continue ;;
+    smoke)
+        timeout "$(stage_timeout 90)" python3 bench/cuda_sanitize.py > "$OUT/smoke.log" 2>&1
+        rc=$?
+        log "smoke rc=$rc in $(( $(date +%s) - t )) s"
+        cat "$OUT/smoke.log"
+        if [ $rc -ne 0 ]; then
+            timeout "$(stage_timeout 150)" compute-sanitizer --tool memcheck --kernel-name regex:fwd_kernel_sm90 \
+                --print-limit 20 python3 bench/cuda_sanitize.py > "$OUT/memcheck.log" 2>&1
+            log "memcheck after failed smoke rc=$?"
+            head -60 "$OUT/memcheck.log"
+            break
+        fi
+        ;;
+    bench)
+        timeout "$(stage_timeout 200)" python3 bench/cuda_fwd.py --out "$OUT/cuda_fwd.csv" ${BENCH_ARGS:-} \
+            > "$OUT/bench.log" 2>&1
+        log "bench rc=$? in $(( $(date +%s) - t )) s"
+        ;;
+    test)
+        timeout "$(stage_timeout 200)" python3 -m pytest -x -q -p no:cacheprovider tests/test_cuda_fwd.py \
+            ${TEST_ARGS:-} > "$OUT/pytest.log" 2>&1
+        log "pytest rc=$? in $(( $(date +%s) - t )) s: $(tail -1 "$OUT/pytest.log")"
+        ;;
+    sanitize)
+        for tool in memcheck racecheck synccheck; do
+            t=$(date +%s)
+            timeout "$(stage_timeout 120)" compute-sanitizer --tool $tool --kernel-name regex:fwd_kernel_sm90 \
+                --print-limit 20 python3 bench/cuda_sanitize.py > "$OUT/sanitize_$tool.log" 2>&1
+            log "$tool rc=$? in $(( $(date +%s) - t )) s: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' \
+                "$OUT/sanitize_$tool.log" | tr '\n' ' ')"
+        done
+        ;;
+    *) log "unknown stage $stage" ;;
+    esac
+done
+echo "=== bench ==="
+grep -vE "^\s*$" "$OUT/bench.log" 2>/dev/null | tail -60
+echo "=== summary ==="
+cat "$OUT/summary.txt"

@@ -1,0 +1,31 @@
+// Tile shapes of the kernels: one constexpr table, read by the launch templates and (through api.cpp) by Python,
+// which builds the TileMask with the same block_m and block_n.
+#pragma once
+
+namespace hmar {
+
+struct FwdTileSm90 {
+    int block_m;            // Q rows per CTA: 64 per consumer warpgroup (wgmma M = 64)
+    int block_n;            // keys per KV tile (wgmma N of QKᵀ, K of PV)
+    int stages;             // depth of the K and V shared-memory rings
+    bool intra_wg_overlap;  // softmax of tile n overlaps the PV wgmma of tile n-1 inside a warpgroup
+    bool wg_pingpong;       // named barriers make the consumer warpgroups take turns issuing wgmma
+};
+
+constexpr int kNumFwdConfigsSm90 = 2;
+
+// Shared memory per CTA = 2 bytes · (block_m·D [Q] + 2·stages·block_n·D [K, V] + block_m·D [O]).
+// Registers: S (block_n/2 fp32) + O (D/2 fp32) + P (block_n/4) per thread of a consumer warpgroup.
+constexpr FwdTileSm90 fwd_tile_sm90(int head_dim, int config) {
+    if (head_dim <= 64) {
+        // 0: 2 consumer WGs, 128×128, 3 stages: 128 KB smem. S 64 + O 32 + P 32 registers fit in 240.
+        // 1: 3 consumer WGs, 192×128 (FA3's D=64 shape): more rows share each K/V tile, but 160 registers
+        //    per thread and more tile waste on sparse masks (1.14× vs 1.09× the exact work at 1024 px).
+        return config == 0 ? FwdTileSm90{128, 128, 3, true, true} : FwdTileSm90{192, 128, 2, true, true};
+    }
+    // D = 128. 0: 128×128, 2 stages: 192 KB smem (3 stages would need 256 KB). S 64 + O 64 + P 32 registers.
+    // 1: the same tile without the warpgroup ping-pong barrier, to measure what it buys.
+    return config == 0 ? FwdTileSm90{128, 128, 2, true, true} : FwdTileSm90{128, 128, 2, true, false};
+}
+
+}  // namespace hmar

@@ -1,0 +1,159 @@
+"""CUDA backend (csrc/, sm90a forward + Triton backward on its LSE) against the float64 reference.
+
+Every check goes through ``run_and_check`` of test_triton: fresh random inputs, outputs and gradients poisoned
+with NaN before the kernels run, O, LSE, dQ, dK, dV each held to 2 × the baseline error + 2 × rounding noise.
+Skips with the reason when there is no CUDA device, no sm90 GPU, or no built extension (HMAR_CUDA_JIT=1 builds it).
+"""
+import numpy as np
+import pytest
+import torch
+
+from conftest import HAS_CUDA, REAL_SCHEDULES, random_pattern, random_schedule
+from hmar_kernels import attention, cuda, kernel_options
+from hmar_kernels.api import _plan
+from hmar_kernels.schedule import named_pattern_bits
+from test_triton import _bits, run_and_check
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _problem(dtype=torch.bfloat16, head_dim=64):
+    return "needs a CUDA device (none found)" if not HAS_CUDA else cuda.problem(torch.device("cuda", 0), dtype,
+                                                                                 head_dim)
+
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_problem() is not None, reason=str(_problem()))]
+
+
+def _skip_unless_built(dtype, head_dim):
+    why = _problem(dtype, head_dim)
+    if why:
+        pytest.skip(why)
+
+
+@pytest.mark.parametrize("px", [256, 512, 1024])
+@pytest.mark.parametrize("pattern", ["block_diagonal", "block_causal"])
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_real_schedules(px, pattern, dtype, head_dim):
+    _skip_unless_built(DTYPES[dtype], head_dim)
+    torch.manual_seed(px + head_dim)
+    pn = REAL_SCHEDULES[px]
+    batch, heads = (1, 2) if px == 1024 else (2, 3)
+    run_and_check(pn, named_pattern_bits(pattern, len(pn)), batch=batch, heads=heads, head_dim=head_dim,
+                  dtype=DTYPES[dtype], scale=head_dim ** -0.5, backend="cuda")
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_schedules(seed):
+    """Random schedules and patterns (diagonal, causal, random S×S), both dtypes, both head dims, every tile
+    config, persistent and one-CTA-per-tile grids, odd batch and head counts."""
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    patch_nums = random_schedule(rng, max_scales=6, max_side=20)
+    kind = seed % 3
+    row_bits = (named_pattern_bits(("block_diagonal", "block_causal")[kind], len(patch_nums)) if kind < 2
+                else _bits(random_pattern(rng, len(patch_nums))))
+    dtype = (torch.bfloat16, torch.float16)[seed % 2]
+    head_dim = (64, 128)[(seed // 2) % 2]
+    _skip_unless_built(dtype, head_dim)
+    config = (seed // 4) % cuda._built()["configs"]
+    with cuda.fwd_options(config=config, persistent=seed % 3 != 1):
+        run_and_check(patch_nums, row_bits, batch=int(rng.integers(1, 4)), heads=int(rng.integers(1, 6)),
+                      head_dim=head_dim, dtype=dtype, scale=float(rng.uniform(0.05, 0.5)), backend="cuda")
+
+
+@pytest.mark.parametrize("config", [0, 1])
+@pytest.mark.parametrize("persistent", [True, False])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_tile_configs(config, persistent, head_dim):
+    _skip_unless_built(torch.bfloat16, head_dim)
+    if config >= cuda._built()["configs"]:
+        pytest.skip("alternative tile configs were not built (HMAR_CUDA_DEV_BUILD)")
+    torch.manual_seed(config)
+    pn = REAL_SCHEDULES[512]
+    with cuda.fwd_options(config=config, persistent=persistent):
+        for pattern in ("block_diagonal", "block_causal"):
+            run_and_check(pn, named_pattern_bits(pattern, len(pn)), batch=2, heads=2, head_dim=head_dim,
+                          dtype=torch.bfloat16, scale=0.125, backend="cuda")
+
+
+@pytest.mark.parametrize("pattern", ["block_diagonal", "block_causal"])
+def test_strided_inputs(pattern):
+    """q, k, v as views of one fused (B, L, 3, H, D) tensor: TMA reads them through their strides."""
+    torch.manual_seed(5)
+    pn = (1, 2, 3, 4, 6, 9)
+    run_and_check(pn, named_pattern_bits(pattern, len(pn)), batch=2, heads=3, head_dim=64, dtype=torch.bfloat16,
+                  scale=0.2, layout="fused_qkv", backend="cuda")
+
+
+def test_single_token_and_single_scale():
+    torch.manual_seed(6)
+    run_and_check((1,), (1,), batch=1, heads=1, head_dim=64, dtype=torch.float16, scale=0.3, backend="cuda")
+    run_and_check((13,), (1,), batch=2, heads=1, head_dim=64, dtype=torch.bfloat16, scale=0.3, backend="cuda")
+
+
+def test_large_scores():
+    """L2-normalised q, k with temperature 100 (the official models): scores up to ±100, softmax scale 1."""
+    torch.manual_seed(8)
+    pn = REAL_SCHEDULES[256]
+    length = sum(p * p for p in pn)
+    q, k = (torch.nn.functional.normalize(torch.randn(2, 4, length, 64, device="cuda"), dim=-1) * 10
+            for _ in range(2))
+    v = torch.randn(2, 4, length, 64, device="cuda")
+    q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
+    with kernel_options(poison_outputs=True):
+        out = attention(q, k, v, pn, "block_causal", softmax_scale=1.0, backend="cuda")
+    ref = attention(q.double(), k.double(), v.double(), pn, "block_causal", softmax_scale=1.0,
+                    backend="reference")
+    base = attention(q, k, v, pn, "block_causal", softmax_scale=1.0, backend="reference")
+    from conftest import check_close
+    check_close("out", out, ref, base)
+
+
+@pytest.mark.parametrize("persistent", [True, False])
+def test_forward_bit_identical_run_to_run(persistent):
+    pn = REAL_SCHEDULES[1024]
+    q, k, v = (torch.randn(2, 4, 9451, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    with cuda.fwd_options(persistent=persistent):
+        first = cuda.forward(q, k, v, pn, named_pattern_bits("block_causal", len(pn)), 0.125)
+        for _ in range(3):
+            again = cuda.forward(q, k, v, pn, named_pattern_bits("block_causal", len(pn)), 0.125)
+            assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
+def test_cuda_graph_capture():
+    """No host sync on the call path: the forward captures into a CUDA graph and replays on new inputs."""
+    pn = REAL_SCHEDULES[256]
+    q, k, v = (torch.randn(2, 4, 680, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+
+    def step():
+        return attention(q, k, v, pn, "block_causal", backend="cuda")
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = step()
+    for t in (q, k, v):
+        t.copy_(torch.randn_like(t))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static, step())
+
+
+def test_auto_prefers_cuda():
+    pn = REAL_SCHEDULES[256]
+    resolved = _plan(pn, "block_causal", None, "auto", torch.device("cuda", 0), torch.bfloat16, (1, 2, 680, 64))[3]
+    assert resolved == "cuda"
+
+
+def test_unsupported_inputs_say_why():
+    assert "dtypes" in cuda.problem(torch.device("cuda", 0), torch.float32, 64)
+    assert "head dims" in cuda.problem(torch.device("cuda", 0), torch.bfloat16, 96)
+    q = torch.randn(1, 1, 5, 64, device="cuda", dtype=torch.float32)
+    with pytest.raises(ValueError, match="dtypes"):
+        attention(q, q, q, (1, 2), backend="cuda")
