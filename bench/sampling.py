@@ -41,12 +41,14 @@ SETTINGS = dict(cfg=1.5, top_k=900, top_p=0.96)
 TINY_SCHEDULE = ((1,), (1, 3), (1, 3, 5), (16,))
 
 
-def git_commit() -> str:
+def source_version() -> str:
+    """``git describe --always --dirty`` of the checkout (uncommitted changes show as -dirty)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except OSError:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
         return "unknown"
+    return out.stdout.strip() or "unknown"
 
 
 class Timer:
@@ -124,7 +126,7 @@ def bench_resolution(build, vqvae, depth, px, batch, dtype, device, reps, schedu
                                status="ok")
                 except torch.cuda.OutOfMemoryError:
                     row["status"], oom = "OOM", True
-                    free_memory()
+                free_memory()  # outside the except block: its traceback still holds the failed run's tensors
                 emit(row)
         except torch.cuda.OutOfMemoryError:  # the weights alone do not fit
             oom = True
@@ -139,10 +141,10 @@ def bench_decode(vqvae, px, batch, chunk, dtype, device, reps, emit):
     P = PATCH_NUMS.get(px, TINY_PATCH_NUMS)[-1]
     f_hat = torch.randn(batch, vqvae.cfg.z_channels, P, P, device=device)
     row = dict(model="vqvae_decode", depth=0, px=px, batch=batch)
+    def run():
+        with torch.no_grad(), precision_context(device, dtype):
+            vqvae.fhat_to_img(f_hat, chunk)
     try:
-        def run():
-            with torch.no_grad(), precision_context(device, dtype):
-                vqvae.fhat_to_img(f_hat, chunk)
         row.update(measure(run, device, reps), status="ok")
     except torch.cuda.OutOfMemoryError:
         row["status"] = "OOM"
@@ -200,7 +202,7 @@ def main(argv=None) -> int:
         schedules = BENCHMARK_MASK_SCHEDULES
 
     meta = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", torch=torch.__version__,
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), commit=git_commit(),
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), commit=source_version(),
                 dtype="fp32" if dtype == torch.float32 else args.dtype)
     rows = []
 

@@ -35,6 +35,12 @@ def random_inputs(quantizer, seed):
     return labels, indices
 
 
+def teacher_sequence(m, labels, x_in):
+    """(cond, the embedded teacher-forcing sequence (B, L, C)) as the training forward builds it."""
+    cond, lvl_pos = m.class_emb(labels), m.lvl_pos()
+    return cond, torch.cat((m.start_tokens(cond, lvl_pos), m.word_tokens(x_in) + lvl_pos[:, 1:]), dim=1)
+
+
 def spec_block(block, x, cond):
     """AdaLN block written from the spec (§2.3–2.5) with raw weights, dense full attention."""
     C, H = x.shape[-1], block.attn.num_heads
@@ -69,9 +75,7 @@ def test_var_training_forward_equals_kv_cached_inference(quantizer):
     labels, indices = random_inputs(quantizer, 3)
     x_in = quantizer.next_scale_inputs(indices)
     train = var(labels, x_in, backend="reference")
-    cond = var.class_emb(labels)
-    lvl_pos = var.lvl_pos()
-    seq = torch.cat((var.start_tokens(cond, lvl_pos), var.word_tokens(x_in) + lvl_pos[:, 1:]), dim=1)
+    cond, seq = teacher_sequence(var, labels, x_in)
     cache = KVCache(len(var.blocks), seq.shape[1])
     for begin, end in SCALES:
         step = var.next_scale_logits(seq[:, begin:end], cond, cache)
@@ -88,9 +92,7 @@ def test_block_diagonal_training_equals_per_scale_inference(quantizer, kind):
     labels, indices = random_inputs(quantizer, 5)
     x_in = quantizer.next_scale_inputs(indices)
     train = m(labels, x_in, backend="reference")
-    cond = m.class_emb(labels)
-    lvl_pos = m.lvl_pos()
-    seq = torch.cat((m.start_tokens(cond, lvl_pos), m.word_tokens(x_in) + lvl_pos[:, 1:]), dim=1)
+    cond, seq = teacher_sequence(m, labels, x_in)
     for begin, end in SCALES:
         torch.testing.assert_close(m.next_scale_logits(seq[:, begin:end], cond, m.inference_state()),
                                    train[:, begin:end], rtol=0, atol=1e-10)
@@ -146,10 +148,7 @@ def test_sampler_inputs_equal_teacher_forcing_inputs(quantizer, kind):
     m.next_scale_logits = spy
     f_hat, out = generate(m, quantizer, labels, cfg=1.0, top_k=0, top_p=0.0, generator=torch.Generator(),
                           scale_hook=lambda si, idx, *rest: (indices[si], True))
-    cond = m.class_emb(labels)
-    lvl_pos = m.lvl_pos()
-    seq = torch.cat((m.start_tokens(cond, lvl_pos),
-                     m.word_tokens(quantizer.next_scale_inputs(indices)) + lvl_pos[:, 1:]), dim=1)
+    _, seq = teacher_sequence(m, labels, quantizer.next_scale_inputs(indices))
     torch.testing.assert_close(torch.cat(fed, dim=1), seq, rtol=0, atol=1e-12)
     torch.testing.assert_close(f_hat, quantizer.indices_to_fhats(indices)[-1], rtol=0, atol=1e-12)
 

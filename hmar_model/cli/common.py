@@ -25,6 +25,7 @@ def add_model_arguments(parser: argparse.ArgumentParser):
                    help="comma-separated schedule, only for non-standard checkpoints")
     p = parser.add_argument_group("run")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (cuda when available)")
+    p.add_argument("--no-tf32", action="store_true", help="strict fp32 matmuls (upstream samples with TF32 on)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
                    help="fp32 (official numerics) or bf16/fp16 autocast (GPU)")
     p.add_argument("--seed", type=int, default=0)
@@ -45,6 +46,8 @@ def resolve_device(name: str) -> torch.device:
 def load_models(args) -> tuple:
     """(transformer, vqvae) on the chosen device, in eval mode."""
     device = resolve_device(args.device)
+    if device.type == "cuda" and not args.no_tf32:  # as upstream's sampler: TF32 matmuls and convolutions
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if args.mp:
         sd = nsp_mp_to_hmar(read_state_dict(args.model), read_state_dict(args.mp), args.n_layers_train)
         model = load_checkpoint(HMAR(transformer_config_from_state_dict(sd, args.patch_nums)), sd)
