@@ -266,14 +266,18 @@ def error_bound(out: torch.Tensor, golden: torch.Tensor, baseline: torch.Tensor)
     return error, 2 * baseline_error + 2 * rounding + 1e-12
 
 
+def synchronize(device):
+    """Wait for ``device`` (a no-op off CUDA, so that sweeps also run, untimed, on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _wall(call: Callable[[], object], device) -> float:
-    """Seconds of wall time of ``call()``, synchronised at both ends on CUDA."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    """Seconds of wall time of ``call()``, synchronised at both ends."""
+    synchronize(device)
     start = time.perf_counter()
     call()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return time.perf_counter() - start
 
 

@@ -1,32 +1,55 @@
-"""hmar-bench: attention sweep (backends × patterns × schedules × dtypes × head dims) on the local GPU.
+"""hmar-bench: the attention sweep (backends × patterns × schedules × dtypes × head dims) on the local GPU.
 
-Writes results/<gpu>/attention.csv with one row per (schedule, pattern, dtype, D, backend).
+    hmar-bench                                  # full sweep → results/<gpu>/attention.csv + PNG plots
+    hmar-bench --quick                          # same grid, 5 reps, default Triton configs (no autotuning)
+    hmar-bench --px 1024 --backends triton      # refresh some rows: rows with the same key are replaced
+    hmar-bench --results $OUT                   # write under $OUT/<gpu>/ instead of results/<gpu>/
+
+Every row is timed by hmar_kernels.benchmark (CUDA events, median after warm-up, rotated inputs, host overhead
+included); max_rel_err is the largest relative error of out, dq, dk, dv against the fp32 reference. The
+"dense_fa" rows (pattern "dense") are SDPA FlashAttention with no mask, TFLOP/s over all L² pairs: the measured
+dense rate that the plots draw as the reference line. Backends that cannot run a case are skipped with one line
+saying why. Without a GPU, hmar-bench says so and runs a short CPU correctness sweep (reference vs the Triton
+interpreter) instead.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
+import importlib
+import math
 import os
-import platform
+import re
 import subprocess
+import sys
+import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-import hmar_kernels
 from hmar_kernels import benchmark as bm
-from hmar_kernels.api import _plan
-from hmar_kernels.reference import reference_attention
 
-SCHEDULES = {
-    256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
-    512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),
-    1024: (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64),
-}
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 COLUMNS = ("device", "torch", "triton", "date", "commit", "px", "L", "B", "H", "D", "dtype", "pattern", "backend",
-           "fwd_ms", "fwdbwd_ms", "fwd_tflops", "fwdbwd_tflops", "peak_mem_mb", "max_rel_err")
+           "fwd_ms", "fwdbwd_ms", "fwd_tflops", "fwdbwd_tflops", "peak_mem_mb", "max_rel_err", "first_call_s")
+KEY = ("px", "L", "B", "H", "D", "dtype", "pattern", "backend")  # rows with the same key replace each other
+E2E_COLUMNS = ("device", "torch", "triton", "date", "commit", "bench", "model", "px", "B", "depth", "dtype", "backend",
+               "ms", "peak_mem_mb")
+E2E_KEY = ("bench", "model", "px", "B", "depth", "dtype", "backend")
 
+# Small schedules for the CPU sweep: the interpreter takes ~25 s per case at 256 px, ~2 s at L = 155.
+CPU_SCHEDULES = ((1, 2, 3, 4), (1, 2, 3, 5, 7))
+CPU_DTYPES = ("fp32", "fp16")
+CPU_BACKENDS = ("cuda", "triton", "varlen")
+# Triton 3.9's interpreter computes tl.dot of bf16 operands wrongly (a 16×16 bf16 dot is off by ~1e10), so a
+# bf16 check on CPU would test the interpreter, not the kernel.
+CPU_DTYPE_PROBLEMS = {"bf16": "the Triton interpreter's tl.dot is wrong for bf16 operands; check bf16 on a GPU"}
+
+# End-to-end benches (--e2e): model builders by kind. VAR trains with the block-causal mask, HMAR (next-scale
+# model for training, composite model with its default refinement schedule for sampling) with block-diagonal.
+E2E_MODELS = {"train": {"var": "hmar_model.var:build_var", "hmar": "hmar_model.hmar:build_hmar_nsp"},
+              "infer": {"var": "hmar_model.var:build_var", "hmar": "hmar_model.hmar:build_hmar"}}
 
 def git_commit() -> str:
     try:
@@ -36,95 +59,366 @@ def git_commit() -> str:
         return "unknown"
 
 
-def make_inputs(batch, heads, length, head_dim, dtype, sets):
-    """``sets`` independent (q, k, v, dout) sets; q, k, v are leaves that require grad."""
-    out = []
-    for _ in range(sets):
-        q, k, v = (torch.randn(batch, heads, length, head_dim, device="cuda", dtype=dtype, requires_grad=True)
-                   for _ in range(3))
-        out.append((q, k, v, torch.randn_like(q)))
-    return out
+def gpu_slug(name: str) -> str:
+    """Folder name of a GPU: 'NVIDIA H100 80GB HBM3' → 'nvidia-h100', 'NVIDIA H200' → 'nvidia-h200'."""
+    words = re.findall(r"[a-z0-9]+", name.lower())
+    vendor = words[0] if words and words[0] in ("nvidia", "amd") else ""
+    model = next((w for w in words if re.fullmatch(r"[a-z]+\d{2,4}[a-z]*", w) and w != vendor), None)
+    if model is None:
+        return "-".join(words) or "unknown"
+    return f"{vendor}-{model}" if vendor else model
 
 
-def measure(px, pattern, backend, dtype_name, batch, heads, head_dim, reps):
-    """One CSV row (dict) for one configuration, or None when the backend does not support it."""
-    patch_nums = SCHEDULES[px]
-    dtype = DTYPES[dtype_name]
+# ----------------------------------------------------------------------------------------------------- CSV
+def _format(value) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+def write_rows(path: Path, rows: list[dict], columns=COLUMNS, key=KEY, merge: bool = True) -> list[dict]:
+    """Write ``rows`` to the CSV at ``path``; with ``merge``, keep the rows already there whose key differs.
+
+    Returns all rows written (as strings). A refresh of some backends thus leaves the others' rows in place.
+    """
+    table: dict[tuple, dict] = {}
+    if merge and path.exists():
+        with open(path, newline="") as f:
+            for old in csv.DictReader(f):
+                table[tuple(old.get(c, "") for c in key)] = old
+    for row in rows:
+        text = {c: _format(row.get(c, "")) for c in columns}
+        table[tuple(text[c] for c in key)] = text
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", restval="")
+        writer.writeheader()
+        writer.writerows(table.values())
+    tmp.replace(path)
+    return list(table.values())
+
+
+# ------------------------------------------------------------------------------------------------ progress
+class Progress:
+    """One line per finished step: a bar, count, elapsed time and a naive ETA (log-friendly: no carriage returns)."""
+
+    def __init__(self, total: int, width: int = 20):
+        self.total, self.width, self.done, self.start = max(total, 1), width, 0, time.perf_counter()
+
+    def step(self, message: str):
+        self.done += 1
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / self.done * (self.total - self.done)
+        filled = round(self.width * self.done / self.total)
+        bar = "#" * filled + "." * (self.width - filled)
+        print(f"[{bar}] {self.done:3d}/{self.total} {_clock(elapsed)} eta {_clock(eta)} | {message}", flush=True)
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds) // 60:02d}:{int(seconds) % 60:02d}"
+
+
+# --------------------------------------------------------------------------------------------------- sweep
+def sweep_cases(args) -> list[list[bm.AttentionCase]]:
+    """Cases grouped by input shape (px, dtype, D): one input allocation serves a group."""
+    groups = []
+    for px in args.px:
+        for dtype in args.dtypes:
+            for head_dim in args.head_dims:
+                group = []
+                for pattern in args.patterns:
+                    group += [bm.AttentionCase.at(px, pattern, b, dtype, args.batch, args.heads, head_dim)
+                              for b in args.backends if b != bm.DENSE_BACKEND]
+                if bm.DENSE_BACKEND in args.backends:
+                    group.append(bm.AttentionCase.at(px, bm.DENSE_PATTERN, bm.DENSE_BACKEND, dtype, args.batch,
+                                                     args.heads, head_dim))
+                groups.append(group)
+    return groups
+
+
+def run_sweep(args, device: torch.device) -> tuple[list[dict], dict, list[str]]:
+    """Measure every available case: (rows, phase seconds by (phase, backend), failures)."""
+    groups = sweep_cases(args)
+    runnable, skipped = [], {}
+    for group in groups:
+        keep = []
+        for case in group:
+            why = case.unavailable(device)
+            if why is None:
+                keep.append(case)
+            else:
+                skipped.setdefault((case.backend, why), case)
+        runnable.append(keep)
+    for (backend, why), case in skipped.items():
+        print(f"skip {backend}: {why} (first case: {case.label()})", flush=True)
+
+    phases: dict = defaultdict(float)
+    rows, failures = [], []
+    progress = Progress(sum(len(g) for g in runnable))
+    for group in runnable:
+        if not group:
+            continue
+        start = time.perf_counter()
+        inputs = bm.make_inputs(group[0], device)
+        phases["inputs", ""] += time.perf_counter() - start
+        references = {}
+        for case in group:
+            try:
+                if case.pattern not in references:
+                    start = time.perf_counter()
+                    references = {case.pattern: bm.reference_outputs(case, inputs[0])}  # one pattern at a time
+                    bm.synchronize(device)
+                    phases["reference", ""] += time.perf_counter() - start
+                row, spent = bm.measure_case(case, inputs, references[case.pattern], args.reps, args.warmup)
+            except Exception as error:  # one broken backend (OOM, compile error) must not end the sweep
+                failures.append(f"{case.label()}: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
+                progress.step(f"{case.label():40s} FAILED ({type(error).__name__})")
+                torch.cuda.empty_cache()
+                continue
+            for phase, seconds in spent.items():
+                phases[phase, case.backend] += seconds
+            rows.append(row)
+            progress.step(f"{case.label():44s} fwd {row['fwd_ms']:8.3f} ms {row['fwd_tflops']:6.1f} TF | "
+                          f"fwd+bwd {row['fwdbwd_ms']:8.3f} ms {row['fwdbwd_tflops']:6.1f} TF | "
+                          f"err {row['max_rel_err']:.1e} | first call {row['first_call_s']:.1f} s")
+        del inputs, references
+        torch.cuda.empty_cache()
+    return rows, phases, failures
+
+
+def print_table(rows: list[dict]):
+    """fwd / fwd+bwd ms per backend (columns), one line per (px, pattern, dtype, D)."""
+    import pandas as pd
+
+    if not rows:
+        return
+    df = pd.DataFrame(rows)
+    df["ms"] = df["fwd_ms"].map("{:.3f}".format) + " / " + df["fwdbwd_ms"].map("{:.3f}".format)
+    table = df.pivot_table(index=["px", "pattern", "dtype", "D"], columns="backend", values="ms", aggfunc="first")
+    order = [b for b in bm.SWEEP_BACKENDS if b in table.columns]
+    with pd.option_context("display.width", 250, "display.max_rows", 500, "display.max_columns", 20):
+        print("\nfwd / fwd+bwd ms (median)")
+        print(table[order].fillna("-").to_string())
+
+
+def print_phases(phases: dict, total: float):
+    """Where the wall time went, per phase and backend."""
+    print(f"\nwall time by phase (s), total {total:.1f} s")
+    for (phase, backend), seconds in sorted(phases.items(), key=lambda item: -item[1]):
+        print(f"  {phase:12s} {backend:9s} {seconds:8.1f}")
+
+
+def _builder(bench: str, kind: str):
+    module, name = E2E_MODELS[bench][kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def train_step_call(kind: str, patch_nums, batch: int, depth: int, dtype, backend: str, device, **overrides):
+    """call(i): one training step of ``kind`` ("var" or "hmar") with random weights and inputs: autocast forward
+    (``dtype``; None for fp32), cross-entropy over all L positions, backward, fused AdamW step."""
+    model = _builder("train", kind)(depth, patch_nums, device=device, **overrides).train()
+    cfg, gen = model.cfg, torch.Generator(device).manual_seed(0)
     length = sum(p * p for p in patch_nums)
-    try:
-        _, row_bits, scale, _ = _plan(patch_nums, pattern, None, backend, torch.device("cuda", 0), dtype,
-                                      (batch, heads, length, head_dim))
-    except ValueError:
-        return None
-    bytes_per_set = 4 * batch * heads * length * head_dim * torch.finfo(dtype).bits // 8
-    inputs = make_inputs(batch, heads, length, head_dim, dtype, bm.rotation_count(bytes_per_set))
+    x_BLCv = torch.randn(batch, length - patch_nums[0] ** 2, cfg.latent_channels, device=device, generator=gen)
+    label_B = torch.randint(0, cfg.num_classes, (batch,), device=device, generator=gen)
+    target_BL = torch.randint(0, cfg.vocab_size, (batch, length), device=device, generator=gen)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=torch.device(device).type == "cuda")
+    autocast = torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
 
-    def attend(q, k, v):
-        return hmar_kernels.attention(q, k, v, patch_nums, pattern, backend=backend)
+    def call(i):
+        with autocast:
+            logits_BLV = model(label_B, x_BLCv, backend=backend)
+        loss = torch.nn.functional.cross_entropy(logits_BLV.flatten(0, 1).float(), target_BL.flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
 
-    q, k, v, _ = inputs[0]
-    with torch.no_grad():
-        out = attend(q, k, v)
-        ref, _ = reference_attention(q.float(), k.float(), v.float(), patch_nums, row_bits, scale)
-    error = bm.max_relative_error(out, ref)
-    del ref
-    fwd = bm.time_cuda(bm.fwd_call(attend, inputs), reps=reps)
-    fwdbwd = bm.time_cuda(bm.fwd_bwd_call(attend, inputs), reps=reps)
-    peak = bm.peak_memory_mb(lambda: bm.fwd_bwd_call(attend, inputs)(0))
-    flops = bm.useful_flops(patch_nums, row_bits, batch, heads, head_dim)
-    return dict(px=px, L=length, B=batch, H=heads, D=head_dim, dtype=dtype_name, pattern=pattern, backend=backend,
-                fwd_ms=fwd.median_ms, fwdbwd_ms=fwdbwd.median_ms,
-                fwd_tflops=flops / fwd.median_ms / 1e9,
-                fwdbwd_tflops=flops * bm.FWD_BWD_FACTOR / fwdbwd.median_ms / 1e9,
-                peak_mem_mb=peak, max_rel_err=error)
+    return call
 
 
+def sample_call(kind: str, patch_nums, batch: int, depth: int, dtype, device, vqvae=None, **overrides):
+    """call(i): class-conditional sampling of ``batch`` images with ``kind`` ("var": KV cache; "hmar": the
+    composite model with its default refinement schedule), random weights, VQVAE decoding included."""
+    from hmar_model import build_vqvae, sample
+
+    model = _builder("infer", kind)(depth, patch_nums, device=device, **overrides).eval()
+    vqvae = vqvae if vqvae is not None else build_vqvae(patch_nums, device=device)
+    return lambda i: sample(model, vqvae, num_images=batch, seed=i, dtype=dtype)
+
+
+def run_e2e(args, device, meta) -> list[dict]:
+    """Train-step and sampling time of VAR and HMAR per schedule (one line and no rows when models are missing)."""
+    rows = []
+    for bench, kind in ((b, k) for b in ("train", "infer") for k in ("var", "hmar")):
+        try:
+            _builder(bench, kind)
+        except (ImportError, AttributeError) as error:
+            print(f"skip e2e {bench} {kind}: {E2E_MODELS[bench][kind]} is not available ({error})", flush=True)
+            continue
+        for px in args.px:
+            for dtype in args.dtypes:
+                backends = args.e2e_backends if bench == "train" else ["auto"]
+                for backend in backends:
+                    label = f"e2e {bench} {kind} {px}px {dtype} B={args.batch} d{args.e2e_depth} {backend}"
+                    try:
+                        if bench == "train":
+                            call = train_step_call(kind, bm.SCHEDULES[px], args.batch, args.e2e_depth,
+                                                   bm.DTYPES[dtype], backend, device)
+                        else:
+                            call = sample_call(kind, bm.SCHEDULES[px], args.batch, args.e2e_depth, bm.DTYPES[dtype],
+                                               device)
+                        timing = bm.time_cuda(call, warmup=1, reps=max(3, args.reps // 4))
+                        peak = bm.peak_memory_mb(lambda: call(0))
+                    except torch.cuda.OutOfMemoryError:
+                        print(f"{label}: out of memory", flush=True)
+                        torch.cuda.empty_cache()
+                        continue
+                    rows.append({**meta, "bench": bench, "model": kind, "px": px, "B": args.batch,
+                                 "depth": args.e2e_depth, "dtype": dtype, "backend": backend,
+                                 "ms": timing.median_ms, "peak_mem_mb": peak})
+                    print(f"{label}: {timing.median_ms:.2f} ms, {peak:.0f} MiB", flush=True)
+                    del call
+                    torch.cuda.empty_cache()
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- CPU sweep
+def cpu_sweep(args) -> int:
+    """Correctness of the backends against the float64 reference on small schedules (no timing). Exit code."""
+    device = torch.device("cpu")
+    dtypes = args.dtypes or CPU_DTYPES
+    backends = args.backends or CPU_BACKENDS
+    failed = 0
+    print(f"{'schedule':24s} {'pattern':15s} {'dtype':5s} {'D':>3s} {'backend':8s}  error/bound (out dq dk dv)")
+    skipped = set()
+    for patch_nums in CPU_SCHEDULES:
+        for pattern in args.patterns:
+            for dtype in dtypes:
+                for head_dim in args.cpu_head_dims:
+                    for backend in backends:
+                        case = bm.AttentionCase(patch_nums, pattern, backend, dtype, 2, 3, head_dim)
+                        why = CPU_DTYPE_PROBLEMS.get(dtype) if backend == "triton" else None
+                        why = why or case.unavailable(device)
+                        if why:
+                            if (backend, why) not in skipped:
+                                skipped.add((backend, why))
+                                print(f"skip {backend}: {why}")
+                            continue
+                        ratios = bm.check_case(case, device)
+                        ok = ratios["worst"] <= 1
+                        failed += not ok
+                        print(f"{str(patch_nums):24s} {pattern:15s} {dtype:5s} {head_dim:3d} {backend:8s}  "
+                              + " ".join(f"{ratios[n]:5.2f}" for n in ("out", "dq", "dk", "dv"))
+                              + ("  ok" if ok else "  FAIL"), flush=True)
+    print(f"CPU correctness sweep: {'all passed' if not failed else f'{failed} case(s) FAILED'} "
+          "(error/bound ≤ 1 passes; bound = 2 × error of the reference in the same dtype + 2 × rounding)")
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="hmar-bench", description=__doc__)
-    parser.add_argument("--px", type=int, nargs="+", default=[256, 512, 1024], choices=sorted(SCHEDULES))
-    parser.add_argument("--patterns", nargs="+", default=["block_diagonal", "block_causal"])
-    parser.add_argument("--backends", nargs="+", default=["triton", "sdpa", "flex", "varlen"])
-    parser.add_argument("--dtypes", nargs="+", default=["bf16"], choices=sorted(DTYPES))
-    parser.add_argument("--head-dims", type=int, nargs="+", default=[64])
+    parser = argparse.ArgumentParser(prog="hmar-bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--px", type=int, nargs="+", default=sorted(bm.SCHEDULES), choices=sorted(bm.SCHEDULES),
+                        help="schedules by resolution (default: all)")
+    parser.add_argument("--patterns", nargs="+", default=list(bm.PATTERNS), choices=bm.PATTERNS)
+    parser.add_argument("--backends", nargs="+", default=None, choices=bm.SWEEP_BACKENDS,
+                        help="ours (cuda, triton), the anchors (sdpa, flex, varlen) and the dense FlashAttention "
+                             "rate (dense_fa); default: all on a GPU (unavailable ones are skipped with the "
+                             "reason), cuda triton varlen in the CPU sweep")
+    parser.add_argument("--dtypes", nargs="+", default=None, choices=sorted(bm.DTYPES),
+                        help="default: bf16 fp16 on a GPU, fp32 fp16 in the CPU sweep")
+    parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=None, help="CSV path (default results/<gpu>/attention.csv)")
-    return parser.parse_args(argv)
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per measurement (default 20; "
+                                                                 "5 with --quick)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 3; 1 with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repetitions and no Triton autotuning (default configs): for a fast look")
+    parser.add_argument("--results", type=Path, default=Path("results"),
+                        help="root folder: writes <results>/<gpu>/attention.csv and plots (default: results)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="overwrite attention.csv instead of replacing only the rows measured now")
+    parser.add_argument("--no-plots", action="store_true", help="write the CSV only")
+    parser.add_argument("--e2e", action="store_true",
+                        help="also time a VAR / HMAR train step and sampling run per schedule (random weights) "
+                             "into <results>/<gpu>/e2e.csv")
+    parser.add_argument("--e2e-only", action="store_true", help="run the e2e benches without the attention sweep")
+    parser.add_argument("--e2e-backends", nargs="+", default=["auto", "sdpa"],
+                        help="attention backends of the e2e train-step bench (default: auto sdpa)")
+    parser.add_argument("--e2e-depth", type=int, default=16, help="model depth of the e2e benches (d16: D=64)")
+    parser.add_argument("--cpu-head-dims", type=int, nargs="+", default=[32],
+                        help="head dims of the CPU correctness sweep")
+    args = parser.parse_args(argv)
+    if args.reps is None:
+        args.reps = 5 if args.quick else 20
+    if args.warmup is None:
+        args.warmup = 1 if args.quick else 3
+    return args
+
+
+def _restart_with_interpreter(argv):
+    """Run hmar-bench again in a process with TRITON_INTERPRET=1.
+
+    Triton reads the variable when it is first imported, and importing hmar_model (which imports hmar_kernels,
+    which imports triton through torch._dynamo) happens before main() runs, so setting it here is too late.
+    """
+    os.environ["TRITON_INTERPRET"] = "1"
+    argv = sys.argv[1:] if argv is None else list(argv)
+    os.execv(sys.executable, [sys.executable, "-m", "hmar_model.cli.bench", *argv])
 
 
 def main(argv=None):
     args = parse_args(argv)
     if not torch.cuda.is_available():
-        raise SystemExit("hmar-bench: no CUDA device here")
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            print("hmar-bench: no CUDA device here, so nothing is timed; running the CPU correctness sweep "
+                  "(reference vs the Triton interpreter) instead", flush=True)
+            _restart_with_interpreter(argv)
+        sys.exit(cpu_sweep(args))
     import triton
 
-    device = torch.cuda.get_device_name()
-    meta = dict(device=device, torch=torch.__version__, triton=triton.__version__,
+    from hmar_kernels.options import kernel_options
+
+    t0 = time.perf_counter()
+    args.dtypes = args.dtypes or ["bf16", "fp16"]
+    args.backends = args.backends or list(bm.SWEEP_BACKENDS)
+    device = torch.device("cuda", torch.cuda.current_device())
+    name = torch.cuda.get_device_name(device)
+    out_dir = args.results / gpu_slug(name)
+    meta = dict(device=name, torch=torch.__version__, triton=triton.__version__,
                 date=datetime.date.today().isoformat(), commit=git_commit())
-    rows = []
-    for px in args.px:
-        for pattern in args.patterns:
-            for dtype_name in args.dtypes:
-                for head_dim in args.head_dims:
-                    for backend in args.backends:
-                        row = measure(px, pattern, backend, dtype_name, args.batch, args.heads, head_dim,
-                                      args.reps)
-                        if row is None:
-                            continue
-                        rows.append({**meta, **row})
-                        print(f"{px:5d} {pattern:15s} {dtype_name} D={head_dim:<4d} {backend:8s} "
-                              f"fwd {row['fwd_ms']:8.3f} ms {row['fwd_tflops']:6.1f} TF | "
-                              f"fwd+bwd {row['fwdbwd_ms']:8.3f} ms {row['fwdbwd_tflops']:6.1f} TF | "
-                              f"err {row['max_rel_err']:.1e}", flush=True)
-    out = args.out or Path("results") / device.replace(" ", "_") / "attention.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as f:
-        f.write(",".join(COLUMNS) + "\n")
-        for row in rows:
-            f.write(",".join(str(row[c]) if not isinstance(row[c], float) else f"{row[c]:.6g}" for c in COLUMNS)
-                    + "\n")
-    print(f"wrote {out}")
+    print(f"hmar-bench on {name} (torch {meta['torch']}, triton {meta['triton']}, commit {meta['commit']}): "
+          f"px {args.px}, {args.patterns}, {args.dtypes}, D {args.head_dims}, B={args.batch} H={args.heads}, "
+          f"{args.reps} reps{' (quick: no autotuning)' if args.quick else ''} → {out_dir}", flush=True)
+    rows, phases, failures = [], defaultdict(float), []
+    if not args.e2e_only:
+        with kernel_options(autotune=not args.quick):
+            rows, phases, failures = run_sweep(args, device)
+        rows = [{**meta, **row} for row in rows]
+        written = write_rows(out_dir / "attention.csv", rows, merge=not args.fresh)
+        print(f"wrote {out_dir / 'attention.csv'} ({len(rows)} rows measured now, {len(written)} in the file)")
+        print_table(rows)
+    if args.e2e or args.e2e_only:
+        start = time.perf_counter()
+        e2e_rows = run_e2e(args, device, meta)
+        phases["e2e", ""] += time.perf_counter() - start
+        if e2e_rows:
+            write_rows(out_dir / "e2e.csv", e2e_rows, E2E_COLUMNS, E2E_KEY, merge=not args.fresh)
+    if not args.no_plots and (out_dir / "attention.csv").exists():
+        from . import plot
+
+        start = time.perf_counter()
+        for path in plot.plot_gpu(out_dir / "attention.csv"):
+            print(f"wrote {path}")
+        phases["plots", ""] += time.perf_counter() - start
+    print_phases(phases, time.perf_counter() - t0)
+    if failures:
+        print(f"\n{len(failures)} case(s) failed:\n  " + "\n  ".join(failures))
+        sys.exit(1)
 
 
 if __name__ == "__main__":
