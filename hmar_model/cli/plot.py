@@ -151,7 +151,8 @@ def plot_tflops(df: pd.DataFrame, dtype: str, path: Path) -> Path:
 
 
 def _gpu_names(df: pd.DataFrame) -> str:
-    return ", ".join(sorted(set(df.device))) if "device" in df else ", ".join(sorted(set(df.gpu)))
+    names = sorted(set(df.device.dropna().astype(str))) if "device" in df else []
+    return ", ".join(names or sorted(set(df.gpu)))
 
 
 def plot_gpu(csv_path) -> list[Path]:
@@ -187,7 +188,8 @@ def plot_comparison(df: pd.DataFrame, dtype: str, head_dim: int, path: Path) -> 
             ax.set_ylabel("useful TFLOP/s")
             ax.set_title(f"{PATTERN_TITLES[pattern]}, {pass_name}", fontsize=9)
     axes[0][-1].legend(fontsize=6, ncol=max(1, len(gpus)))
-    return _save(fig, path, f"GPUs compared: useful TFLOP/s, {dtype}, D={head_dim} (dashed black lines: dense FA)")
+    return _save(fig, path, f"GPUs compared: useful TFLOP/s, {dtype}, D={head_dim} (colour: backend, line style: GPU; "
+                            f"black: dense FlashAttention)")
 
 
 def headline(df: pd.DataFrame, dtype: str = "bf16", head_dim: int = 64) -> pd.DataFrame:
