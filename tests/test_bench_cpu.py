@@ -1,0 +1,131 @@
+"""hmar-bench without a GPU: the CPU correctness sweep (Triton interpreter vs the float64 reference), its failure
+path, the e2e hooks on tiny models, and bench/ skipping cleanly."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import HAS_CUDA
+from hmar_kernels import benchmark as bm
+from hmar_kernels.reference import reference_attention
+from hmar_model.cli import bench
+
+pytestmark = pytest.mark.skipif(HAS_CUDA, reason="tests the no-GPU path")
+CPU = torch.device("cpu")
+SMALL = (1, 2, 3)  # L = 14: one partial 16×16 tile per side in the interpreter
+
+
+@pytest.mark.parametrize("pattern", ["block_diagonal", "block_causal"])
+def test_check_case_passes_the_triton_interpreter(pattern):
+    case = bm.AttentionCase(SMALL, pattern, "triton", "fp32", 2, 3, 16)
+    ratios = bm.check_case(case, CPU)
+    assert set(ratios) == {"out", "dq", "dk", "dv", "worst"}
+    assert ratios["worst"] <= 1, ratios
+
+
+def test_check_case_catches_a_wrong_kernel():
+    case = bm.AttentionCase(SMALL, "block_causal", "triton", "fp32", 2, 3, 16)
+    diagonal = tuple(1 << i for i in range(len(SMALL)))
+
+    def wrong_mask(q, k, v):  # block-diagonal where block-causal was asked
+        return reference_attention(q, k, v, SMALL, diagonal, case.softmax_scale)[0]
+
+    assert bm.check_case(case, CPU, attend=wrong_mask)["worst"] > 10
+
+
+def test_error_bound_rule():
+    golden = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    baseline = torch.tensor([1.0, 2.001])
+    error, bound = bm.error_bound(torch.tensor([1.0, 2.0015]), golden, baseline)
+    assert error == pytest.approx(0.0015, rel=1e-3)
+    assert bound == pytest.approx(2 * 0.001, rel=1e-3)  # 2 × baseline error (+ 2 × fp32 rounding of 1 and 2: 0)
+    assert error <= bound
+    assert bm.error_bound(torch.tensor([1.0, 2.01]), golden, baseline)[0] > bound
+    assert bm.error_bound(torch.tensor([float("nan"), 2.0]), golden, baseline) == (float("inf"), 0.0)
+
+
+def test_main_without_gpu_runs_the_correctness_sweep(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "CPU_SCHEDULES", (SMALL,))
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--dtypes", "fp32", "bf16", "--cpu-head-dims", "16"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0, out
+    assert "all passed" in out
+    assert "skip cuda:" in out and "skip varlen:" in out  # unavailable backends: one line with the reason
+    assert "skip triton: the Triton interpreter's tl.dot is wrong for bf16" in out
+    assert out.count(" ok") == 2  # (1, 2, 3) × two patterns × fp32 × triton
+
+
+def test_sweep_exit_code_reports_a_failure(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "CPU_SCHEDULES", (SMALL,))
+    monkeypatch.setattr(bm, "check_case", lambda case, device: {"out": 3.0, "dq": 0, "dk": 0, "dv": 0, "worst": 3.0})
+    assert bench.cpu_sweep(bench.parse_args(["--backends", "triton", "--dtypes", "fp32"])) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["var", "hmar"])
+def test_e2e_train_step_trains_a_tiny_model(kind):
+    from hmar_model.tiny import TINY_TRANSFORMER
+
+    call = bench.train_step_call(kind, (1, 2, 3, 4), 2, 2, None, "reference", CPU, **TINY_TRANSFORMER)
+    losses = [call(i).item() for i in range(3)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[2] < losses[0]  # same batch three times: AdamW must lower the loss
+
+
+def test_bench_suite_skips_cleanly_without_gpu():
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "pytest", "bench/", "--benchmark-only", "-q", "-rs", "-p",
+                           "no:cacheprovider", "--bench-px", "256", "--bench-dtypes", "bf16"],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "benchmarks need a CUDA device" in done.stdout
+    assert " passed" not in done.stdout and "skipped" in done.stdout
+
+
+def _cpu_timing(call, warmup=3, reps=20):
+    """time_cuda's contract on the CPU (wall clock), so the sweep loop runs here untimed but complete."""
+    import time
+
+    for i in range(warmup):
+        call(i)
+    times = []
+    for i in range(reps):
+        start = time.perf_counter()
+        call(i)
+        times.append((time.perf_counter() - start) * 1e3)
+    return bm.Timing(sorted(times)[len(times) // 2], min(times), reps)
+
+
+def test_sweep_loop_on_cpu_rows_skips_failures_and_plots(monkeypatch, tmp_path, capsys):
+    from hmar_model.cli import plot
+
+    monkeypatch.setattr(bm, "SCHEDULES", {256: SMALL})
+    monkeypatch.setattr(bm, "time_cuda", _cpu_timing)
+    monkeypatch.setattr(bm, "peak_memory_mb", lambda call: (call(), 0.0)[1])
+    attend = bm.AttentionCase.attend
+
+    def flex_breaks(case):
+        if case.backend == "flex":
+            raise RuntimeError("compile error\nsecond line")
+        return attend(case)
+
+    monkeypatch.setattr(bm.AttentionCase, "attend", flex_breaks)
+    args = bench.parse_args(["--px", "256", "--dtypes", "fp32", "--head-dims", "16", "--batch", "1", "--heads", "2",
+                             "--reps", "2", "--warmup", "1", "--backends", "triton", "sdpa", "flex", "varlen",
+                             "dense_fa"])
+    rows, phases, failures = bench.run_sweep(args, CPU)
+    out = capsys.readouterr().out
+    assert "skip varlen: backend 'varlen' needs CUDA" in out and "skip dense_fa:" in out
+    assert sorted((r["pattern"], r["backend"]) for r in rows) == [
+        ("block_causal", "sdpa"), ("block_causal", "triton"), ("block_diagonal", "sdpa"), ("block_diagonal", "triton")]
+    assert len(failures) == 2 and all("RuntimeError: compile error" in f for f in failures)
+    for row in rows:
+        assert row["L"] == 14 and row["fwd_ms"] > 0 and row["fwdbwd_tflops"] > 0
+        assert row["max_rel_err"] < 1e-5  # fp32 kernels against the fp32 reference
+    assert phases["first call", "triton"] > 0 and phases["reference", ""] > 0
+    bench.write_rows(tmp_path / "cpu" / "attention.csv", rows)
+    assert [p.name for p in plot.plot_gpu(tmp_path / "cpu" / "attention.csv")] == [
+        "speedup_fp32.png", "patterns_fp32.png", "tflops_fp32.png"]
