@@ -154,7 +154,8 @@ def bench_decode(vqvae, px, batch, chunk, dtype, device, reps, emit):
 
 
 def print_table(rows):
-    print(f"{'model':14s} {'d':>3s} {'px':>5s} {'B':>3s} {'status':>8s} {'ms':>10s} {'peak MB':>10s} {'weights MB':>10s}")
+    print(f"{'model':14s} {'d':>3s} {'px':>5s} {'B':>3s} {'status':>8s} {'ms':>10s} {'peak MB':>10s} "
+          f"{'weights MB':>10s}")
     for r in rows:
         print(f"{r['model']:14s} {r['depth']:>3} {r['px']:>5} {r['batch']:>3} {r['status']:>8s} "
               f"{r.get('ms', ''):>10} {r.get('peak_mb', ''):>10} {r.get('weights_mb', ''):>10}")
@@ -202,7 +203,8 @@ def main(argv=None) -> int:
         schedules = BENCHMARK_MASK_SCHEDULES
 
     meta = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", torch=torch.__version__,
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), commit=source_version(),
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                commit=source_version(),
                 dtype="fp32" if dtype == torch.float32 else args.dtype)
     rows = []
 

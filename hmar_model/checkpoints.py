@@ -364,7 +364,8 @@ def hmar_to_nsp_mp(hmar: Source) -> tuple["OrderedDict[str, torch.Tensor]", "Ord
 def dense_mask_buffer(model) -> torch.Tensor:
     """The (1, 1, L, L) additive 0/−inf mask official files carry: block-causal for VAR, block-diagonal else."""
     levels = model.lvl_1L.view(-1, 1)
-    allowed = levels >= levels.T if getattr(model, "pattern", "block_diagonal") == "block_causal" else levels == levels.T
+    causal = getattr(model, "pattern", "block_diagonal") == "block_causal"
+    allowed = levels >= levels.T if causal else levels == levels.T
     return torch.zeros(allowed.shape, device=levels.device).masked_fill_(~allowed, -torch.inf)[None, None]
 
 

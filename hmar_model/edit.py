@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from .quant import area
-from .sampling import OFFICIAL_REFINE_GUIDANCE_FACTOR, generate, labels_tensor, make_generator, precision_context, refine
+from .sampling import (OFFICIAL_REFINE_GUIDANCE_FACTOR, generate, labels_tensor, make_generator, precision_context,
+                       refine)
 
 
 def token_masks(mask_B1HW: torch.Tensor, patch_nums: Sequence[int], coverage: float = 0.5) -> list[torch.Tensor]:

@@ -59,7 +59,8 @@ def test_official_format_files_load_strictly(models, tmp_path, kind, suffix):
 
 def test_mask_buffer_content_matches_family(models):
     causal, diagonal = dense_mask_buffer(models["var"])[0, 0], dense_mask_buffer(models["hmar"])[0, 0]
-    assert causal[5, 0] == 0 and diagonal[5, 0] == -torch.inf and diagonal[6, 5] == 0 and diagonal[5, 4] == -torch.inf and causal[4, 5] == -torch.inf
+    assert causal[5, 0] == 0 and causal[4, 5] == -torch.inf  # scale 2 sees scale 0; scale 1 not scale 2
+    assert diagonal[5, 0] == -torch.inf and diagonal[6, 5] == 0 and diagonal[5, 4] == -torch.inf
     assert hm.detect_format({k: v for k, v in hm.official_state_dict(models["var"]).items() if k != MASK_KEY}) \
         == "var_or_nsp"
     with pytest.raises(ValueError, match="pass kind='var' or kind='hmar_nsp'"):

@@ -6,7 +6,8 @@ import json
 
 import torch
 
-from ..checkpoints import load_checkpoint, load_model, nsp_mp_to_hmar, read_state_dict, transformer_config_from_state_dict
+from ..checkpoints import (load_checkpoint, load_model, nsp_mp_to_hmar, read_state_dict,
+                           transformer_config_from_state_dict)
 from ..hmar import HMAR
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

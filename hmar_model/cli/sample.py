@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
 
 from ..sampling import sample
 from .common import DTYPES, add_model_arguments, load_models, parse_mask_schedule, save_grid
