@@ -1,5 +1,6 @@
 """hmar-bench without a GPU: the CPU correctness sweep (Triton interpreter vs the float64 reference), its failure
 path, the e2e hooks on tiny models, and bench/ skipping cleanly."""
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -99,12 +100,17 @@ def _cpu_timing(call, warmup=3, reps=20):
     return bm.Timing(sorted(times)[len(times) // 2], min(times), reps)
 
 
-def test_sweep_loop_on_cpu_rows_skips_failures_and_plots(monkeypatch, tmp_path, capsys):
-    from hmar_model.cli import plot
-
+@pytest.fixture
+def cpu_timed(monkeypatch):
+    """Timing and memory on the CPU, and a tiny schedule as "256 px"."""
     monkeypatch.setattr(bm, "SCHEDULES", {256: SMALL})
     monkeypatch.setattr(bm, "time_cuda", _cpu_timing)
     monkeypatch.setattr(bm, "peak_memory_mb", lambda call: (call(), 0.0)[1])
+
+
+def test_sweep_loop_on_cpu_rows_skips_failures_and_plots(cpu_timed, monkeypatch, tmp_path, capsys):
+    from hmar_model.cli import plot
+
     attend = bm.AttentionCase.attend
 
     def flex_breaks(case):
@@ -116,8 +122,11 @@ def test_sweep_loop_on_cpu_rows_skips_failures_and_plots(monkeypatch, tmp_path, 
     args = bench.parse_args(["--px", "256", "--dtypes", "fp32", "--head-dims", "16", "--batch", "1", "--heads", "2",
                              "--reps", "2", "--warmup", "1", "--backends", "triton", "sdpa", "flex", "varlen",
                              "dense_fa"])
-    rows, phases, failures = bench.run_sweep(args, CPU)
+    written = []
+    rows, phases, failures = bench.run_sweep(args, CPU, {"device": "cpu", "commit": "abc"}, written.append)
     out = capsys.readouterr().out
+    assert written == [rows]  # one input shape: one write, as soon as it is measured
+    assert all(r["device"] == "cpu" and r["commit"] == "abc" for r in rows)
     assert "skip varlen: backend 'varlen' needs CUDA" in out and "skip dense_fa:" in out
     assert sorted((r["pattern"], r["backend"]) for r in rows) == [
         ("block_causal", "sdpa"), ("block_causal", "triton"), ("block_diagonal", "sdpa"), ("block_diagonal", "triton")]
@@ -129,3 +138,29 @@ def test_sweep_loop_on_cpu_rows_skips_failures_and_plots(monkeypatch, tmp_path, 
     bench.write_rows(tmp_path / "cpu" / "attention.csv", rows)
     assert [p.name for p in plot.plot_gpu(tmp_path / "cpu" / "attention.csv")] == [
         "speedup_fp32.png", "patterns_fp32.png", "tflops_fp32.png"]
+
+
+def test_time_budget_stops_starting_cases(monkeypatch, capsys):
+    monkeypatch.setattr(bm, "SCHEDULES", {256: SMALL, 512: (1, 2)})
+    args = bench.parse_args(["--px", "256", "512", "--dtypes", "fp32", "--head-dims", "16", "--backends", "triton",
+                             "--time-budget", "1e-9"])
+    rows, _, failures = bench.run_sweep(args, CPU)
+    assert rows == [] and failures == []
+    assert "4 case(s) not run, from 256px block_diagonal fp32 D=16 triton on" in capsys.readouterr().out
+
+
+def test_run_writes_results_and_a_refresh_replaces_only_its_rows(cpu_timed, tmp_path, capsys):
+    common = ["--px", "256", "--dtypes", "fp32", "--head-dims", "16", "--batch", "1", "--heads", "2", "--reps", "1",
+              "--warmup", "0", "--results", str(tmp_path)]
+    assert bench.run(bench.parse_args(common + ["--backends", "triton", "sdpa"]), CPU, "Fake GPU 80GB") == 0
+    out_dir = tmp_path / "fake-gpu-80gb"
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "attention.csv", "patterns_fp32.png", "speedup_fp32.png", "tflops_fp32.png"]
+    out = capsys.readouterr().out
+    assert "fwd / fwd+bwd ms (median)" in out and "wall time by phase" in out
+    first = {(r["pattern"], r["backend"]): r for r in csv.DictReader(open(out_dir / "attention.csv"))}
+    assert len(first) == 4 and first["block_causal", "triton"]["device"] == "Fake GPU 80GB"
+    assert bench.run(bench.parse_args(common + ["--backends", "sdpa", "--no-plots"]), CPU, "Fake GPU 80GB") == 0
+    second = {(r["pattern"], r["backend"]): r for r in csv.DictReader(open(out_dir / "attention.csv"))}
+    assert set(second) == set(first)
+    assert second["block_causal", "triton"] == first["block_causal", "triton"]  # not re-measured: kept as it was

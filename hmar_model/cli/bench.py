@@ -137,8 +137,15 @@ def sweep_cases(args) -> list[list[bm.AttentionCase]]:
     return groups
 
 
-def run_sweep(args, device: torch.device) -> tuple[list[dict], dict, list[str]]:
-    """Measure every available case: (rows, phase seconds by (phase, backend), failures)."""
+def run_sweep(args, device: torch.device, meta: dict | None = None, on_group=None
+              ) -> tuple[list[dict], dict, list[str]]:
+    """Measure every available case: (rows, phase seconds by (phase, backend), failures).
+
+    Rows get ``meta``'s columns; ``on_group(rows)`` receives each input shape's rows as soon as they are measured
+    (the CLI writes them, so a run cut short keeps what it measured). Past ``args.time_budget`` seconds no new
+    case starts; those left are listed.
+    """
+    deadline = time.perf_counter() + args.time_budget if args.time_budget else math.inf
     groups = sweep_cases(args)
     runnable, skipped = [], {}
     for group in groups:
@@ -154,16 +161,22 @@ def run_sweep(args, device: torch.device) -> tuple[list[dict], dict, list[str]]:
         print(f"skip {backend}: {why} (first case: {case.label()})", flush=True)
 
     phases: dict = defaultdict(float)
-    rows, failures = [], []
+    rows, failures, left = [], [], []
     progress = Progress(sum(len(g) for g in runnable))
     for group in runnable:
         if not group:
             continue
+        if time.perf_counter() > deadline:
+            left += group
+            continue
         start = time.perf_counter()
         inputs = bm.make_inputs(group[0], device)
         phases["inputs", ""] += time.perf_counter() - start
-        references = {}
+        references, group_rows = {}, []
         for case in group:
+            if time.perf_counter() > deadline:
+                left.append(case)
+                continue
             try:
                 if case.pattern not in references:
                     start = time.perf_counter()
@@ -178,12 +191,18 @@ def run_sweep(args, device: torch.device) -> tuple[list[dict], dict, list[str]]:
                 continue
             for phase, seconds in spent.items():
                 phases[phase, case.backend] += seconds
-            rows.append(row)
+            group_rows.append({**(meta or {}), **row})
             progress.step(f"{case.label():44s} fwd {row['fwd_ms']:8.3f} ms {row['fwd_tflops']:6.1f} TF | "
                           f"fwd+bwd {row['fwdbwd_ms']:8.3f} ms {row['fwdbwd_tflops']:6.1f} TF | "
                           f"err {row['max_rel_err']:.1e} | first call {row['first_call_s']:.1f} s")
         del inputs, references
         torch.cuda.empty_cache()
+        rows += group_rows
+        if on_group and group_rows:
+            on_group(group_rows)
+    if left:
+        print(f"time budget of {args.time_budget:.0f} s reached: {len(left)} case(s) not run, from "
+              f"{left[0].label()} on", flush=True)
     return rows, phases, failures
 
 
@@ -340,6 +359,9 @@ def parse_args(argv=None):
                         help="fewer repetitions and no Triton autotuning (default configs): for a fast look")
     parser.add_argument("--results", type=Path, default=Path("results"),
                         help="root folder: writes <results>/<gpu>/attention.csv and plots (default: results)")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds after which no new case starts (e.g. 480 under a 10-minute command limit); "
+                             "rows are written after every input shape, so a cut-short run keeps them")
     parser.add_argument("--fresh", action="store_true",
                         help="overwrite attention.csv instead of replacing only the rows measured now")
     parser.add_argument("--no-plots", action="store_true", help="write the CSV only")
@@ -379,6 +401,12 @@ def main(argv=None):
                   "(reference vs the Triton interpreter) instead", flush=True)
             _restart_with_interpreter(argv)
         sys.exit(cpu_sweep(args))
+    device = torch.device("cuda", torch.cuda.current_device())
+    sys.exit(run(args, device, torch.cuda.get_device_name(device)))
+
+
+def run(args, device: torch.device, name: str) -> int:
+    """The timed sweep on ``device`` (called ``name``), then e2e benches and plots. Returns the exit code."""
     import triton
 
     from hmar_kernels.options import kernel_options
@@ -386,8 +414,6 @@ def main(argv=None):
     t0 = time.perf_counter()
     args.dtypes = args.dtypes or ["bf16", "fp16"]
     args.backends = args.backends or list(bm.SWEEP_BACKENDS)
-    device = torch.device("cuda", torch.cuda.current_device())
-    name = torch.cuda.get_device_name(device)
     out_dir = args.results / gpu_slug(name)
     meta = dict(device=name, torch=torch.__version__, triton=triton.__version__,
                 date=datetime.date.today().isoformat(), commit=git_commit())
@@ -395,12 +421,13 @@ def main(argv=None):
           f"px {args.px}, {args.patterns}, {args.dtypes}, D {args.head_dims}, B={args.batch} H={args.heads}, "
           f"{args.reps} reps{' (quick: no autotuning)' if args.quick else ''} → {out_dir}", flush=True)
     rows, phases, failures = [], defaultdict(float), []
+    csv_path = out_dir / "attention.csv"
     if not args.e2e_only:
+        if args.fresh and csv_path.exists():
+            csv_path.unlink()
         with kernel_options(autotune=not args.quick):
-            rows, phases, failures = run_sweep(args, device)
-        rows = [{**meta, **row} for row in rows]
-        written = write_rows(out_dir / "attention.csv", rows, merge=not args.fresh)
-        print(f"wrote {out_dir / 'attention.csv'} ({len(rows)} rows measured now, {len(written)} in the file)")
+            rows, phases, failures = run_sweep(args, device, meta, lambda group: write_rows(csv_path, group))
+        print(f"wrote {csv_path} ({len(rows)} rows measured now, merged with the rows already there)")
         print_table(rows)
     if args.e2e or args.e2e_only:
         start = time.perf_counter()
@@ -408,17 +435,18 @@ def main(argv=None):
         phases["e2e", ""] += time.perf_counter() - start
         if e2e_rows:
             write_rows(out_dir / "e2e.csv", e2e_rows, E2E_COLUMNS, E2E_KEY, merge=not args.fresh)
-    if not args.no_plots and (out_dir / "attention.csv").exists():
+    if not args.no_plots and csv_path.exists():
         from . import plot
 
         start = time.perf_counter()
-        for path in plot.plot_gpu(out_dir / "attention.csv"):
+        for path in plot.plot_gpu(csv_path):
             print(f"wrote {path}")
         phases["plots", ""] += time.perf_counter() - start
     print_phases(phases, time.perf_counter() - t0)
     if failures:
         print(f"\n{len(failures)} case(s) failed:\n  " + "\n  ".join(failures))
-        sys.exit(1)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
