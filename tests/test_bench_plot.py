@@ -20,8 +20,8 @@ def synthetic_rows(gpu_scale=1.0, pxs=(256, 1024), dtypes=("bf16",), head_dims=(
                         case = bm.AttentionCase.at(px, pattern, backend, dtype, 4, 16, d)
                         tflops = rate * gpu_scale
                         fwd_ms = case.flops() / tflops / 1e9
-                        rows.append(dict(device=f"GPU x{gpu_scale}", torch="2.11", triton="3.6", date="2026-11-22",
-                                         commit="abc", px=px, L=case.length, B=4, H=16, D=d, dtype=dtype,
+                        rows.append(dict(device=f"GPU x{gpu_scale}", torch="2.10", triton="3.6", date="2026-11-22",
+                                         commit="0123456", px=px, L=case.length, B=4, H=16, D=d, dtype=dtype,
                                          pattern=case.pattern, backend=backend, fwd_ms=fwd_ms,
                                          fwdbwd_ms=3.5 * fwd_ms * 2, fwd_tflops=tflops, fwdbwd_tflops=tflops / 2,
                                          peak_mem_mb=10.0, max_rel_err=1e-3, first_call_s=0.5))
@@ -78,6 +78,7 @@ def test_hmar_plot_writes_every_figure_and_the_readme_table(results, capsys):
     text = readme.read_text()
     assert text.startswith("# Results\nintro\n") and text.endswith(f"{plot.HEADLINE_END}\ncommands\n")
     assert "old table" not in text and "| nvidia-h200 | 1024 | block_causal |" in text
+    assert "* nvidia-h100: GPU x1.0; torch 2.10, triton 3.6; commit 0123456; 2026-11-22" in text
     assert "updated the headline table" in capsys.readouterr().out
 
 

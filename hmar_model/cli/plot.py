@@ -24,6 +24,7 @@ import pandas as pd  # noqa: E402
 
 from hmar_kernels.benchmark import ANCHOR_BACKENDS, DENSE_BACKEND, OUR_BACKENDS, PATTERNS, SWEEP_BACKENDS  # noqa
 
+TEXT_COLUMNS = ("device", "torch", "triton", "date", "commit")
 SHAPE = ["px", "B", "H", "D", "dtype"]  # with the device, what makes two rows comparable
 PASSES = (("fwd", "forward"), ("fwdbwd", "forward + backward"))
 PATTERN_TITLES = {"block_diagonal": "block-diagonal (HMAR)", "block_causal": "block-causal (VAR)"}
@@ -37,7 +38,7 @@ def load(paths) -> pd.DataFrame:
     """The rows of one or more attention.csv files (a 'gpu' column names the folder each came from)."""
     frames = []
     for path in paths:
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS})  # "2.10" stays a version, not 2.1
         df["gpu"] = Path(path).parent.name
         frames.append(df)
     if not frames:
@@ -217,6 +218,16 @@ def headline(df: pd.DataFrame, dtype: str = "bf16", head_dim: int = 64) -> pd.Da
     return pd.DataFrame(rows)
 
 
+def provenance(df: pd.DataFrame) -> str:
+    """One line per GPU folder: device, library versions, commits and dates of its rows."""
+    lines = []
+    for gpu, sub in df.groupby("gpu"):
+        parts = [", ".join(sorted(set(sub[c].dropna().astype(str)))) for c in ("device", "torch", "triton", "commit",
+                                                                                 "date")]
+        lines.append(f"* {gpu}: {parts[0]}; torch {parts[1]}, triton {parts[2]}; commit {parts[3]}; {parts[4]}")
+    return "\n".join(lines)
+
+
 def markdown(df: pd.DataFrame) -> str:
     """A GitHub table (pandas' to_markdown needs tabulate, which is not a dependency)."""
     if df.empty:
@@ -270,7 +281,7 @@ def main(argv=None):
     print(f"wrote {comparison}")
     table = headline(df, args.dtype, args.head_dim)
     text = (f"Useful TFLOP/s and speed-ups, {args.dtype}, D={args.head_dim}, from "
-            f"{', '.join(str(p) for p in paths)}:\n\n{markdown(table)}")
+            f"{', '.join(str(p) for p in paths)}:\n\n{provenance(df)}\n\n{markdown(table)}")
     readme = args.readme or args.results / "README.md"
     if update_readme(readme, text):
         print(f"updated the headline table in {readme}")
