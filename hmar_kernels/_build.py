@@ -33,6 +33,8 @@ NVCC_FLAGS = [
     "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
     "-U__CUDA_NO_HALF2_OPERATORS__",
     "-lineinfo",
+    # cuTensorMapEncodeTiled resolved once (csrc/cuda_driver.cpp) instead of a driver lookup per TMA descriptor
+    "-DCUTLASS_ENABLE_DIRECT_CUDA_DRIVER_CALL",
     "--ftemplate-backtrace-limit=0",
 ]
 CXX_FLAGS = ["-O3", "-DNDEBUG"]

@@ -24,10 +24,14 @@ JIT_ENV = "HMAR_CUDA_JIT"
 KERNEL_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
+SCHEDULERS = ("dynamic", "static", "grid")
+
+
 @dataclasses.dataclass(frozen=True)
 class FwdOptions:
-    config: int = 0          # row of csrc/tile_size.h's fwd_tile_sm90 table (0: default tile)
-    persistent: bool = True  # grid = number of SMs walking the program table; False: one CTA per program
+    config: int = 0              # row of csrc/tile_size.h's fwd_tile_sm90 table (0: default tile)
+    scheduler: str = "dynamic"   # "dynamic": one CTA per SM claiming programs in table order (atomic counter);
+                                 # "static": one CTA per SM striding the table; "grid": one CTA per program
 
 
 _options = FwdOptions()
@@ -39,6 +43,9 @@ def fwd_options(**changes):
     global _options
     saved = _options
     _options = dataclasses.replace(_options, **changes)
+    if _options.scheduler not in SCHEDULERS:
+        _options = saved
+        raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {changes['scheduler']!r}")
     try:
         yield _options
     finally:
@@ -115,6 +122,31 @@ def _programs(mask: TileMask, batch_heads: int) -> torch.Tensor:
     return torch.from_numpy(launch_order([mask.kv_visits], batch_heads)).to(mask.device)
 
 
+_counters: dict = {}
+
+
+def _scheduler_counter(device: torch.device, stream: int):
+    """Two zeroed int32 for the dynamic scheduler, one pair per (device, stream) so that concurrent launches never
+    share one (the kernel leaves them zero). None while a CUDA graph is being captured and none exists yet: the
+    capture then uses static striding rather than allocating inside the graph."""
+    key = (device, stream)
+    counter = _counters.get(key)
+    if counter is None:
+        if torch.cuda.is_current_stream_capturing():
+            return None
+        counter = _counters[key] = torch.zeros(2, dtype=torch.int32, device=device)
+    return counter
+
+
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def _current_stream(device: torch.device) -> int:
+    if _raw_stream is not None:
+        return _raw_stream(device.index)
+    return torch.cuda.current_stream(device).cuda_stream
+
+
 def _new(shape, dtype, device) -> torch.Tensor:
     if current_options().poison_outputs:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
@@ -140,9 +172,11 @@ def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], sof
     programs = _programs(mask, B * H)
     out = _new((B, H, L, D), q.dtype, q.device)
     lse = _new((B, H, L), torch.float32, q.device)
-    num_ctas = 0 if options.persistent else programs.shape[0]  # 0: one CTA per SM
+    stream = _current_stream(q.device)
+    num_ctas = programs.shape[0] if options.scheduler == "grid" else 0  # 0: one CTA per SM
+    counter = _scheduler_counter(q.device, stream) if options.scheduler == "dynamic" else None
     ext.fwd(q, k, v, out, lse, mask.level, mask.row_bits_t, mask.kv_offsets, mask.kv_num_full, mask.kv_indices,
-            programs, softmax_scale, options.config, num_ctas, torch.cuda.current_stream(q.device).cuda_stream)
+            programs, softmax_scale, options.config, num_ctas, counter, stream)
     return out, lse
 
 

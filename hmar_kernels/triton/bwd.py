@@ -34,24 +34,20 @@ def bwd_preprocess_kernel(Out, DO, Delta,
 
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, k_level, q_base, do_base, stride_ql, stride_dol, offs_d, lse_base, delta_base,
-                level, row_bits, q_indices, first, last, L, qk_scale,
-                BLOCK_M: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def _dkdv_tiles(dk, dv, k, v, k_level, desc_q, desc_do, b, h, lse_base, delta_base, level, row_bits, q_indices,
+                first, last, L, qk_scale,
+                BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Accumulate dK, dV (BLOCK_N, D) of one KV tile over Q tiles q_indices[first:last]."""
     for i in range(first, last):
         start_m = tl.multiple_of(tl.load(q_indices + i) * BLOCK_M, BLOCK_M)
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        q_ptrs = q_base + offs_m[:, None] * stride_ql + offs_d[None, :]
-        do_ptrs = do_base + offs_m[:, None] * stride_dol + offs_d[None, :]
+        q = desc_q.load([b, h, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)  # rows past L arrive as zeros
+        do = desc_do.load([b, h, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
         if MASKED:
             row_in = offs_m < L
-            q = tl.load(q_ptrs, mask=row_in[:, None], other=0.0)
-            do = tl.load(do_ptrs, mask=row_in[:, None], other=0.0)
             lse2 = tl.load(lse_base + offs_m, mask=row_in, other=float("inf")) * LOG2E
             delta = tl.load(delta_base + offs_m, mask=row_in, other=0.0)
         else:
-            q = tl.load(q_ptrs)
-            do = tl.load(do_ptrs)
             lse2 = tl.load(lse_base + offs_m) * LOG2E
             delta = tl.load(delta_base + offs_m)
         s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
@@ -69,25 +65,17 @@ def _dkdv_tiles(dk, dv, k, v, k_level, q_base, do_base, stride_ql, stride_dol, o
 
 
 @triton.jit
-def _dq_tiles(dq, q, do, q_bits, lse2, delta, k_base, v_base, stride_kl, stride_vl, offs_d,
-              level, kv_indices, first, last, L, qk_scale,
-              BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def _dq_tiles(dq, q, do, q_bits, lse2, delta, desc_k, desc_v, b, h, level, kv_indices, first, last, L, qk_scale,
+              BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Accumulate dQ (BLOCK_M, D) of one Q tile over KV tiles kv_indices[first:last]."""
     for i in range(first, last):
         start_n = tl.multiple_of(tl.load(kv_indices + i) * BLOCK_N, BLOCK_N)
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k_ptrs = k_base + offs_n[:, None] * stride_kl + offs_d[None, :]
-        v_ptrs = v_base + offs_n[:, None] * stride_vl + offs_d[None, :]
-        if MASKED:
-            in_range = offs_n[:, None] < L
-            k = tl.load(k_ptrs, mask=in_range, other=0.0)
-            v = tl.load(v_ptrs, mask=in_range, other=0.0)
-        else:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
+        k = desc_k.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+        v = desc_v.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
         p = tl.math.exp2(s - lse2[:, None])
         if MASKED:
+            offs_n = start_n + tl.arange(0, BLOCK_N)
             k_level = tl.load(level + offs_n, mask=offs_n < L, other=OUT_OF_RANGE_LEVEL)
             visible = ((q_bits[:, None] >> k_level[None, :]) & 1) != 0
             p = tl.where(visible, p, 0.0)
@@ -98,19 +86,16 @@ def _dq_tiles(dq, q, do, q_bits, lse2, delta, k_base, v_base, stride_kl, stride_
 
 
 @triton.jit
-def attn_bwd_kernel(Q, K, V, DO, DQ, DK, DV, Lse, Delta,
-                    stride_qb, stride_qh, stride_ql,
-                    stride_kb, stride_kh, stride_kl,
-                    stride_vb, stride_vh, stride_vl,
-                    stride_dob, stride_doh, stride_dol,
-                    stride_gb, stride_gh, stride_gl,
+def attn_bwd_kernel(desc_q1, desc_do1, desc_k1, desc_v1, desc_q2, desc_do2, desc_k2, desc_v2,
+                    desc_dq, desc_dk, desc_dv, Lse, Delta,
                     level, row_bits,
                     q_offsets, q_num_full, q_indices,
                     kv_offsets, kv_num_full, kv_indices,
                     programs, H, L, softmax_scale, qk_scale,
                     HEAD_DIM: tl.constexpr, BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr,
                     BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """DQ, DK, DV share the strides (stride_g*) of fresh (B, H, L, D) tensors.
+    """desc_*1 have the dK/dV programs' blocks (Q: BLOCK_M1 rows, K/V: BLOCK_N1), desc_*2 the dQ programs'
+    (Q: BLOCK_M2, K/V: BLOCK_N2); desc_dq has BLOCK_M2 rows, desc_dk/desc_dv BLOCK_N1.
 
     q_* lists come from the (BLOCK_M1, BLOCK_N1) TileMask (KV tile → Q tiles), kv_* from the
     (BLOCK_M2, BLOCK_N2) one (Q tile → KV tiles).
@@ -120,42 +105,34 @@ def attn_bwd_kernel(Q, K, V, DO, DQ, DK, DV, Lse, Delta,
     bh = tl.load(programs + 2 * pid + 1)
     kind = code >> 24
     tile = code & 0xFFFFFF
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    offs_d = tl.arange(0, HEAD_DIM)
-    q_base = Q + b * stride_qb + h * stride_qh
-    k_base = K + b * stride_kb + h * stride_kh
-    v_base = V + b * stride_vb + h * stride_vh
-    do_base = DO + b * stride_dob + h * stride_doh
-    g_offset = b * stride_gb + h * stride_gh
-    lse_base = Lse + (b * H + h) * L
-    delta_base = Delta + (b * H + h) * L
+    b = bh // H
+    h = bh % H
+    lse_base = Lse + bh.to(tl.int64) * L
+    delta_base = Delta + bh.to(tl.int64) * L
 
     if kind == 0:
-        offs_n = tile * BLOCK_N1 + tl.arange(0, BLOCK_N1)
-        key_in = offs_n < L
-        k = tl.load(k_base + offs_n[:, None] * stride_kl + offs_d[None, :], mask=key_in[:, None], other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vl + offs_d[None, :], mask=key_in[:, None], other=0.0)
-        k_level = tl.load(level + offs_n, mask=key_in, other=OUT_OF_RANGE_LEVEL)
+        start_n = tile * BLOCK_N1
+        offs_n = start_n + tl.arange(0, BLOCK_N1)
+        k = desc_k1.load([b, h, start_n, 0]).reshape(BLOCK_N1, HEAD_DIM)
+        v = desc_v1.load([b, h, start_n, 0]).reshape(BLOCK_N1, HEAD_DIM)
+        k_level = tl.load(level + offs_n, mask=offs_n < L, other=OUT_OF_RANGE_LEVEL)
         dk = tl.zeros([BLOCK_N1, HEAD_DIM], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N1, HEAD_DIM], dtype=tl.float32)
         first = tl.load(q_offsets + tile)
         split = first + tl.load(q_num_full + tile)
         last = tl.load(q_offsets + tile + 1)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, k_level, q_base, do_base, stride_ql, stride_dol, offs_d, lse_base,
-                             delta_base, level, row_bits, q_indices, first, split, L, qk_scale,
-                             BLOCK_M1, False, DOT_PRECISION)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, k_level, q_base, do_base, stride_ql, stride_dol, offs_d, lse_base,
-                             delta_base, level, row_bits, q_indices, split, last, L, qk_scale,
-                             BLOCK_M1, True, DOT_PRECISION)
-        g_ptrs = g_offset + offs_n[:, None] * stride_gl + offs_d[None, :]
-        tl.store(DK + g_ptrs, (dk * softmax_scale).to(DK.dtype.element_ty), mask=key_in[:, None])
-        tl.store(DV + g_ptrs, dv.to(DV.dtype.element_ty), mask=key_in[:, None])
+        dk, dv = _dkdv_tiles(dk, dv, k, v, k_level, desc_q1, desc_do1, b, h, lse_base, delta_base, level, row_bits,
+                             q_indices, first, split, L, qk_scale, BLOCK_M1, HEAD_DIM, False, DOT_PRECISION)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, k_level, desc_q1, desc_do1, b, h, lse_base, delta_base, level, row_bits,
+                             q_indices, split, last, L, qk_scale, BLOCK_M1, HEAD_DIM, True, DOT_PRECISION)
+        desc_dk.store([b, h, start_n, 0], (dk * softmax_scale).to(k.dtype).reshape(1, 1, BLOCK_N1, HEAD_DIM))
+        desc_dv.store([b, h, start_n, 0], dv.to(v.dtype).reshape(1, 1, BLOCK_N1, HEAD_DIM))
     else:
-        offs_m = tile * BLOCK_M2 + tl.arange(0, BLOCK_M2)
+        start_m = tile * BLOCK_M2
+        offs_m = start_m + tl.arange(0, BLOCK_M2)
         row_in = offs_m < L
-        q = tl.load(q_base + offs_m[:, None] * stride_ql + offs_d[None, :], mask=row_in[:, None], other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * stride_dol + offs_d[None, :], mask=row_in[:, None], other=0.0)
+        q = desc_q2.load([b, h, start_m, 0]).reshape(BLOCK_M2, HEAD_DIM)
+        do = desc_do2.load([b, h, start_m, 0]).reshape(BLOCK_M2, HEAD_DIM)
         lse2 = tl.load(lse_base + offs_m, mask=row_in, other=float("inf")) * LOG2E
         delta = tl.load(delta_base + offs_m, mask=row_in, other=0.0)
         q_level = tl.load(level + offs_m, mask=row_in, other=0)
@@ -164,9 +141,8 @@ def attn_bwd_kernel(Q, K, V, DO, DQ, DK, DV, Lse, Delta,
         first = tl.load(kv_offsets + tile)
         split = first + tl.load(kv_num_full + tile)
         last = tl.load(kv_offsets + tile + 1)
-        dq = _dq_tiles(dq, q, do, q_bits, lse2, delta, k_base, v_base, stride_kl, stride_vl, offs_d,
-                       level, kv_indices, first, split, L, qk_scale, BLOCK_N2, False, DOT_PRECISION)
-        dq = _dq_tiles(dq, q, do, q_bits, lse2, delta, k_base, v_base, stride_kl, stride_vl, offs_d,
-                       level, kv_indices, split, last, L, qk_scale, BLOCK_N2, True, DOT_PRECISION)
-        tl.store(DQ + g_offset + offs_m[:, None] * stride_gl + offs_d[None, :],
-                 (dq * softmax_scale).to(DQ.dtype.element_ty), mask=row_in[:, None])
+        dq = _dq_tiles(dq, q, do, q_bits, lse2, delta, desc_k2, desc_v2, b, h, level, kv_indices, first, split, L,
+                       qk_scale, BLOCK_N2, HEAD_DIM, False, DOT_PRECISION)
+        dq = _dq_tiles(dq, q, do, q_bits, lse2, delta, desc_k2, desc_v2, b, h, level, kv_indices, split, last, L,
+                       qk_scale, BLOCK_N2, HEAD_DIM, True, DOT_PRECISION)
+        desc_dq.store([b, h, start_m, 0], (dq * softmax_scale).to(q.dtype).reshape(1, 1, BLOCK_M2, HEAD_DIM))

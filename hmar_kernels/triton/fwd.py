@@ -4,6 +4,8 @@ Conventions shared with bwd.py:
 * Scores are kept in base 2: ``s2 = (q·k) · qk_scale`` with ``qk_scale = softmax_scale · log2(e)``, so the
   softmax uses exp2. The scale is folded in once, into the score, never into Q or K.
 * The saved LSE is in natural-log units (as FlashAttention's): ``lse = (m2 + log2(l)) · ln 2``, fp32, (B, H, L).
+* Q, K, V, O move through rank-4 TMA tensor descriptors over (B, H, L, D) with any strides: rows past L load as
+  zeros and are dropped on store, so loads need no masks and no per-element address registers.
 * A program owns one (Q tile, batch·head) pair, read from a program table ordered heaviest first. It walks the
   KV tiles listed for its Q tile by the TileMask: full tiles with no mask, then partial tiles with the
   per-element mask ``row_bits[level[q]] >> level[k] & 1`` (out-of-range positions have level 31, never allowed).
@@ -19,22 +21,15 @@ OUT_OF_RANGE_LEVEL = tl.constexpr(31)
 
 
 @triton.jit
-def _fwd_tiles(acc, l_i, m_i, q, q_bits, k_base, v_base, stride_kl, stride_vl, offs_d,
-               kv_indices, first, last, level, L, qk_scale,
-               BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def _fwd_tiles(acc, l_i, m_i, q, q_bits, desc_k, desc_v, b, h, kv_indices, first, last, level, L, qk_scale,
+               BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Online-softmax update of (acc, l_i, m_i) over KV tiles kv_indices[first:last]."""
     for i in range(first, last):
         start_n = tl.multiple_of(tl.load(kv_indices + i) * BLOCK_N, BLOCK_N)
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k_ptrs = k_base + offs_n[:, None] * stride_kl + offs_d[None, :]
-        v_ptrs = v_base + offs_n[:, None] * stride_vl + offs_d[None, :]
-        if MASKED:
-            in_range = offs_n[:, None] < L
-            k = tl.load(k_ptrs, mask=in_range, other=0.0)
-        else:
-            k = tl.load(k_ptrs)
+        k = desc_k.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)  # rows past L arrive as zeros
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), base 2
         if MASKED:
+            offs_n = start_n + tl.arange(0, BLOCK_N)
             k_level = tl.load(level + offs_n, mask=offs_n < L, other=OUT_OF_RANGE_LEVEL)
             visible = ((q_bits[:, None] >> k_level[None, :]) & 1) != 0
             s = tl.where(visible, s, -float("inf"))
@@ -46,59 +41,47 @@ def _fwd_tiles(acc, l_i, m_i, q, q_bits, k_base, v_base, stride_kl, stride_vl, o
         p = tl.math.exp2(s - m_use[:, None])
         alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
-        if MASKED:
-            v = tl.load(v_ptrs, mask=in_range, other=0.0)
-        else:
-            v = tl.load(v_ptrs)
+        v = desc_v.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
 
 
 @triton.jit
-def attn_fwd_kernel(Q, K, V, Out, Lse,
-                    stride_qb, stride_qh, stride_ql,
-                    stride_kb, stride_kh, stride_kl,
-                    stride_vb, stride_vh, stride_vl,
-                    stride_ob, stride_oh, stride_ol,
+def attn_fwd_kernel(desc_q, desc_k, desc_v, desc_o, Lse,
                     level, row_bits, kv_offsets, kv_num_full, kv_indices, programs,
                     H, L, qk_scale,
                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     DOT_PRECISION: tl.constexpr):
-    """Q, K, V, Out: (B, H, L, HEAD_DIM) with unit last stride; Lse: (B, H, L) fp32 contiguous."""
+    """desc_*: rank-4 TMA descriptors over (B, H, L, HEAD_DIM) tensors, blocks (1, 1, BLOCK_*, HEAD_DIM);
+    Lse: (B, H, L) fp32 contiguous."""
     pid = tl.program_id(0)
     tile = tl.load(programs + 2 * pid)
     bh = tl.load(programs + 2 * pid + 1)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    b = bh // H
+    h = bh % H
 
-    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
+    start_m = tile * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
     row_in = offs_m < L
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
-                mask=row_in[:, None], other=0.0)
+    q = desc_q.load([b, h, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
     q_level = tl.load(level + offs_m, mask=row_in, other=0)
     q_bits = tl.load(row_bits + q_level, mask=row_in, other=0)
 
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)
-    k_base = K + b * stride_kb + h * stride_kh
-    v_base = V + b * stride_vb + h * stride_vh
     first = tl.load(kv_offsets + tile)
     split = first + tl.load(kv_num_full + tile)
     last = tl.load(kv_offsets + tile + 1)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, q_bits, k_base, v_base, stride_kl, stride_vl, offs_d,
-                               kv_indices, first, split, level, L, qk_scale,
-                               BLOCK_N, False, DOT_PRECISION)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, q_bits, k_base, v_base, stride_kl, stride_vl, offs_d,
-                               kv_indices, split, last, level, L, qk_scale,
-                               BLOCK_N, True, DOT_PRECISION)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, q_bits, desc_k, desc_v, b, h, kv_indices, first, split, level, L,
+                               qk_scale, BLOCK_N, HEAD_DIM, False, DOT_PRECISION)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, q_bits, desc_k, desc_v, b, h, kv_indices, split, last, level, L,
+                               qk_scale, BLOCK_N, HEAD_DIM, True, DOT_PRECISION)
 
     # A row with no visible key (only padding rows) keeps l = 0: it stores O = 0 and LSE = -inf.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = (m_i + tl.math.log2(l_safe)) * LN2
-    tl.store(Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :],
-             out.to(Out.dtype.element_ty), mask=row_in[:, None])
-    tl.store(Lse + (b * H + h) * L + offs_m, lse, mask=row_in)
+    desc_o.store([b, h, start_m, 0], out.to(q.dtype).reshape(1, 1, BLOCK_M, HEAD_DIM))  # rows past L dropped
+    tl.store(Lse + bh.to(tl.int64) * L + offs_m, lse, mask=row_in)

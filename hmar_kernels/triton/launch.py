@@ -10,6 +10,8 @@ from ..options import current_options
 from ..schedule import TileMask, launch_order, tile_mask
 from . import tuning
 from .bwd import attn_bwd_kernel, bwd_preprocess_kernel
+from triton.tools.tensor_descriptor import TensorDescriptor
+
 from .fwd import attn_fwd_kernel
 
 PREPROCESS_BLOCK = 128
@@ -42,8 +44,20 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
+def _tma_ready(t: torch.Tensor) -> torch.Tensor:
+    """t itself when TMA can read it (unit last stride, 16-byte aligned base and strides), else a contiguous copy."""
+    size = t.element_size()
+    aligned = t.data_ptr() % 16 == 0 and all((st * size) % 16 == 0 for n, st in zip(t.shape[:-1], t.stride()[:-1])
+                                             if n > 1)
+    return t if t.stride(-1) == 1 and aligned else t.contiguous()
+
+
+def _descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
+    """Rank-4 TMA descriptor over a (B, H, L, D) tensor, blocks of (1, 1, rows, D)."""
+    # A size-1 dimension may carry any stride; give it one TMA accepts (its index is always 0).
+    strides = [st if n > 1 else t.shape[-1] for n, st in zip(t.shape, t.stride())]
+    strides[-1] = 1
+    return TensorDescriptor(t, list(t.shape), strides, [1, 1, rows, t.shape[-1]])
 
 
 def _launch_fwd(config: tuning.FwdConfig, q, k, v, out, lse, patch_nums, row_bits, softmax_scale):
@@ -51,11 +65,8 @@ def _launch_fwd(config: tuning.FwdConfig, q, k, v, out, lse, patch_nums, row_bit
     mask = tile_mask(patch_nums, row_bits, config.block_m, config.block_n, q.device)
     programs = _fwd_programs(mask, B * H)
     attn_fwd_kernel[(programs.shape[0],)](
-        q, k, v, out, lse,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
+        _descriptor(q, config.block_m), _descriptor(k, config.block_n), _descriptor(v, config.block_n),
+        _descriptor(out, config.block_m), lse,
         mask.level, mask.row_bits_t, mask.kv_offsets, mask.kv_num_full, mask.kv_indices, programs,
         H, L, softmax_scale * LOG2E,
         HEAD_DIM=D, BLOCK_M=config.block_m, BLOCK_N=config.block_n, DOT_PRECISION=_dot_precision(q.dtype),
@@ -65,10 +76,12 @@ def _launch_fwd(config: tuning.FwdConfig, q, k, v, out, lse, patch_nums, row_bit
 
 def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], softmax_scale: float):
     """q, k, v: (B, H, L, D) → out (B, H, L, D) in q's dtype, lse (B, H, L) fp32 natural-log units."""
-    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    q, k, v = (_tma_ready(t) for t in (q, k, v))
     B, H, L, D = q.shape
     out = _new((B, H, L, D), q.dtype, q.device)
     lse = _new((B, H, L), torch.float32, q.device)
+    if q.numel() == 0:
+        return out, lse
     options = current_options()
     config = options.triton_fwd
     if config is None:
@@ -89,19 +102,16 @@ def _launch_bwd(config: tuning.BwdConfig, dout, q, k, v, lse, delta, dq, dk, dv,
     dkdv_mask = tile_mask(patch_nums, row_bits, config.block_m1, config.block_n1, q.device)
     dq_mask = tile_mask(patch_nums, row_bits, config.block_m2, config.block_n2, q.device)
     programs = _bwd_programs(dkdv_mask, dq_mask, B * H)
+    m1, n1, m2, n2 = config.block_m1, config.block_n1, config.block_m2, config.block_n2
     attn_bwd_kernel[(programs.shape[0],)](
-        q, k, v, dout, dq, dk, dv, lse, delta,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        dout.stride(0), dout.stride(1), dout.stride(2),
-        dq.stride(0), dq.stride(1), dq.stride(2),
+        _descriptor(q, m1), _descriptor(dout, m1), _descriptor(k, n1), _descriptor(v, n1),
+        _descriptor(q, m2), _descriptor(dout, m2), _descriptor(k, n2), _descriptor(v, n2),
+        _descriptor(dq, m2), _descriptor(dk, n1), _descriptor(dv, n1), lse, delta,
         dkdv_mask.level, dkdv_mask.row_bits_t,
         dkdv_mask.q_offsets, dkdv_mask.q_num_full, dkdv_mask.q_indices,
         dq_mask.kv_offsets, dq_mask.kv_num_full, dq_mask.kv_indices,
         programs, H, L, softmax_scale, softmax_scale * LOG2E,
-        HEAD_DIM=D, BLOCK_M1=config.block_m1, BLOCK_N1=config.block_n1,
-        BLOCK_M2=config.block_m2, BLOCK_N2=config.block_n2, DOT_PRECISION=_dot_precision(q.dtype),
+        HEAD_DIM=D, BLOCK_M1=m1, BLOCK_N1=n1, BLOCK_M2=m2, BLOCK_N2=n2, DOT_PRECISION=_dot_precision(q.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
 
@@ -109,18 +119,21 @@ def _launch_bwd(config: tuning.BwdConfig, dout, q, k, v, lse, delta, dq, dk, dv,
 def backward(dout, q, k, v, out, lse, patch_nums: tuple[int, ...], row_bits: tuple[int, ...],
              softmax_scale: float):
     """Gradients (dq, dk, dv) of ``forward``'s out, each (B, H, L, D) in its input's dtype."""
-    dout, q, k, v, out = (_last_dim_contiguous(t) for t in (dout, q, k, v, out))
+    dout, q, k, v = (_tma_ready(t) for t in (dout, q, k, v))
+    out = out if out.stride(-1) == 1 else out.contiguous()
     B, H, L, D = q.shape
     delta = _new((B, H, L), torch.float32, q.device)
+    dq = _new((B, H, L, D), q.dtype, q.device)
+    dk = _new((B, H, L, D), k.dtype, q.device)
+    dv = _new((B, H, L, D), v.dtype, q.device)
+    if q.numel() == 0:
+        return dq, dk, dv
     bwd_preprocess_kernel[(math.ceil(L / PREPROCESS_BLOCK), B * H)](
         out, dout, delta,
         out.stride(0), out.stride(1), out.stride(2),
         dout.stride(0), dout.stride(1), dout.stride(2),
         H, L, HEAD_DIM=D, BLOCK=PREPROCESS_BLOCK,
     )
-    dq = _new((B, H, L, D), q.dtype, q.device)
-    dk = _new((B, H, L, D), k.dtype, q.device)
-    dv = _new((B, H, L, D), v.dtype, q.device)
     options = current_options()
     config = options.triton_bwd
     if config is None:

@@ -39,26 +39,28 @@ INTERPRETER_BWD = BwdConfig(16, 16, 16, 16, 1, 1)
 def fwd_candidates(head_dim: int) -> Sequence[FwdConfig]:
     """Hopper-minded forward configs, default first.
 
-    Registers per thread (ptxas for sm_90 via Triton 3.9, bf16): at D=64, (128, 64, 8 warps) 184, (128, 128, 8)
-    233, (64, 64, 4) 220, all without spills; (128, 64, 4 warps) hits 255 and spills 128 B. At D=128 only
-    BLOCK_N = 32 or BLOCK_M = 64 with 8 warps stay spill-free.
+    Resources for sm_90, bf16 (bench/triton_registers.py, Triton 3.9): none spills; registers per thread at D=64
+    (128, 64, 8 warps) 107, (128, 128, 8) 169, (128, 64, 4) 201, (64, 64, 4) 107; (128, 128, 4) hits 255.
+    At D=128: (128, 64, 8) 151 with 96 KiB of shared memory, (128, 32, 8) 115, (64, 64, 8) 121.
     """
     if head_dim <= 64:
-        return (FwdConfig(128, 64, 8, 4), FwdConfig(128, 128, 8, 3), FwdConfig(64, 64, 4, 3),
-                FwdConfig(128, 64, 4, 3))
-    return (FwdConfig(128, 32, 8, 3), FwdConfig(64, 64, 8, 3), FwdConfig(64, 32, 4, 3))
+        return (FwdConfig(128, 64, 8, 4), FwdConfig(128, 128, 8, 3), FwdConfig(128, 64, 4, 3),
+                FwdConfig(64, 64, 4, 3))
+    return (FwdConfig(128, 64, 8, 3), FwdConfig(128, 32, 8, 3), FwdConfig(64, 64, 8, 3), FwdConfig(64, 32, 4, 3))
 
 
 def bwd_candidates(head_dim: int) -> Sequence[BwdConfig]:
     """Backward configs, default first: narrow Q slices for dK/dV, narrow K slices for dQ (as in FA2).
 
-    At D=64, 8 warps keep 128-key dK/dV tiles spill-free (~215 registers); 4 warps spill 304 B. At D=128 every
-    candidate sits at 255 registers; (32, 64, 64, 32, 8 warps) is the only one without spills.
+    Registers at D=64: (64, 128, 128, 64, 8 warps) 192, (32, 128, 128, 32, 8) 128, (32, 64, 64, 32, 4) 128,
+    (64, 64, 64, 64, 4) 177; at D=128: (32, 64, 64, 32, 8) 169, (32, 128, 128, 32, 8) 199 (2 stages),
+    (64, 128, 128, 64, 8) 235 with 129 KiB of shared memory (2 stages). No candidate spills.
     """
     if head_dim <= 64:
         return (BwdConfig(64, 128, 128, 64, 8, 3), BwdConfig(32, 128, 128, 32, 8, 3),
                 BwdConfig(32, 64, 64, 32, 4, 3), BwdConfig(64, 64, 64, 64, 4, 3))
-    return (BwdConfig(32, 64, 64, 32, 8, 3), BwdConfig(32, 128, 128, 32, 8, 3), BwdConfig(64, 64, 64, 64, 8, 2))
+    return (BwdConfig(32, 64, 64, 32, 8, 3), BwdConfig(32, 128, 128, 32, 8, 2), BwdConfig(64, 128, 128, 64, 8, 2),
+            BwdConfig(64, 64, 64, 64, 8, 2))
 
 
 def interpreting() -> bool:
