@@ -1,4 +1,4 @@
-"""Device run of the CUDA forward: smoke check, then timings of cuda (every tile config, persistent or not),
+"""Device run of the CUDA forward: smoke check, then timings of cuda (every tile config and scheduler),
 triton and the anchors on the real schedules; one CSV row per measurement.
 
     python bench/cuda_fwd.py --out results.csv [--anchors sdpa varlen flex] [--quick]
@@ -93,6 +93,46 @@ def measure(px, pattern, dtype_name, head_dim, backend, variant, reps, meta):
                 visited_over_useful=visited, max_rel_err=error)
 
 
+def host_overhead(rows_out):
+    """Host time per call of each layer of the call path, on a problem small enough that the GPU keeps up:
+    200 calls back-to-back, wall time / 200."""
+    from hmar_kernels import ops
+
+    pn = SCHEDULES[256]
+    row_bits = named_pattern_bits("block_causal", len(pn))
+    q, k, v = (torch.randn(1, 1, 680, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    ext = cuda.module()
+    block_m, block_n = cuda.fwd_tile(64, 0)
+    mask = tile_mask(pn, row_bits, block_m, block_n, q.device)
+    programs = cuda._programs(mask, 1)
+    out, lse = torch.empty_like(q), torch.empty(1, 1, 680, device="cuda")
+    counter = cuda._scheduler_counter(q.device, cuda._current_stream(q.device))
+    stream = cuda._current_stream(q.device)
+    layers = {
+        "ext.fwd (C++ binding + launch)": lambda: ext.fwd(q, k, v, out, lse, mask.level, mask.row_bits_t,
+                                                          mask.kv_offsets, mask.kv_num_full, mask.kv_indices,
+                                                          programs, 0.125, 0, 0, counter, stream),
+        "cuda.forward": lambda: cuda.forward(q, k, v, pn, row_bits, 0.125),
+        "ops.attention_forward (custom op)": lambda: ops.attention_forward(q, k, v, pn, row_bits, 0.125, "cuda"),
+        "attention(backend=cuda)": lambda: hmar_kernels.attention(q, k, v, pn, "block_causal", backend="cuda"),
+        "attention(backend=triton)": lambda: hmar_kernels.attention(q, k, v, pn, "block_causal",
+                                                                    backend="triton"),
+    }
+    with torch.no_grad():
+        for name, call in layers.items():
+            for _ in range(20):
+                call()
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(200):
+                call()
+            host = (time.perf_counter() - start) / 200 * 1e6
+            torch.cuda.synchronize()
+            total = (time.perf_counter() - start) / 200 * 1e6
+            print(f"host overhead {name:36s} {host:7.1f} us/call (with GPU drain {total:7.1f})", flush=True)
+            rows_out.append((name, host))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
@@ -111,8 +151,8 @@ def main():
     for px in [] if args.dense_only else args.px:
         for pattern in ("block_diagonal", "block_causal"):
             for config in range(cuda._built()["configs"]):
-                for persistent in (True, False):
-                    plan.append((px, pattern, "bf16", 64, "cuda", (config, persistent)))
+                for scheduler in cuda.SCHEDULERS if config == 0 else ("dynamic",):
+                    plan.append((px, pattern, "bf16", 64, "cuda", (config, scheduler)))
             plan.append((px, pattern, "bf16", 64, "triton", None))
             for anchor in args.anchors:
                 if anchor == "varlen" and pattern != "block_diagonal":
@@ -122,24 +162,25 @@ def main():
         for px in [p for p in args.px if p >= 512]:
             for pattern in ("block_diagonal", "block_causal", "dense"):
                 for config in range(cuda._built()["configs"]):
-                    plan.append((px, pattern, "bf16", 128, "cuda", (config, True)))
+                    plan.append((px, pattern, "bf16", 128, "cuda", (config, "dynamic")))
                 plan.append((px, pattern, "bf16", 128, "triton", None))
-                plan.append((px, pattern, "fp16", 64, "cuda", (0, True)))
-            plan.append((px, "dense", "bf16", 64, "cuda", (0, True)))
-            plan.append((px, "dense", "bf16", 64, "cuda", (1, True)))
+                plan.append((px, pattern, "fp16", 64, "cuda", (0, "dynamic")))
+            plan.append((px, "dense", "bf16", 64, "cuda", (0, "dynamic")))
+            plan.append((px, "dense", "bf16", 64, "cuda", (1, "dynamic")))
             plan.append((px, "dense", "bf16", 64, "sdpa_nomask", None))
             plan.append((px, "dense", "bf16", 128, "sdpa_nomask", None))
 
     rows = []
+    host_overhead([])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         f.write(",".join(COLUMNS) + "\n")
         for px, pattern, dtype_name, head_dim, backend, variant in plan:
-            name = "" if variant is None else f"cfg{variant[0]}{'-persistent' if variant[1] else '-grid'}"
+            name = "" if variant is None else f"cfg{variant[0]}-{variant[1]}"
             started = time.time()
             try:
                 if variant is not None:
-                    with cuda.fwd_options(config=variant[0], persistent=variant[1]):
+                    with cuda.fwd_options(config=variant[0], scheduler=variant[1]):
                         row = measure(px, pattern, dtype_name, head_dim, backend, name, args.reps, meta)
                 else:
                     row = measure(px, pattern, dtype_name, head_dim, backend, name, args.reps, meta)

@@ -8,6 +8,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -78,11 +79,14 @@ struct DeviceScope {
 }  // namespace
 
 // q, k, v, out: (B, H, L, D) bf16/fp16; lse: (B, H, L) fp32 contiguous. The metadata tensors come from
-// hmar_kernels.schedule.tile_mask(..., *fwd_tile(D, config)) and launch_order; stream: torch's current stream.
+// hmar_kernels.schedule.tile_mask(..., *fwd_tile(D, config)) and launch_order. num_ctas: grid size (0: one per
+// SM). counter: 2 zeroed int32 for dynamic scheduling, owned by the caller per stream (the kernel leaves them zero),
+// or None for static striding. stream: torch's current stream (cudaStream_t as an integer).
 void fwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor& out, at::Tensor& lse,
          at::Tensor const& level, at::Tensor const& row_bits, at::Tensor const& kv_offsets,
          at::Tensor const& kv_num_full, at::Tensor const& kv_indices, at::Tensor const& programs,
-         double softmax_scale, int64_t config, int64_t num_ctas, int64_t stream) {
+         double softmax_scale, int64_t config, int64_t num_ctas, std::optional<at::Tensor> const& counter,
+         int64_t stream) {
     TORCH_CHECK(q.is_cuda(), "q must be a CUDA tensor, got device ", q.device());
     TORCH_CHECK(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf,
                 "q must be bf16 or fp16 for the CUDA kernels, got ", q.scalar_type());
@@ -98,6 +102,10 @@ void fwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tens
     for (auto [t, name] : {std::pair{&level, "level"}, {&row_bits, "row_bits"}, {&kv_offsets, "kv_offsets"},
                            {&kv_num_full, "kv_num_full"}, {&kv_indices, "kv_indices"}, {&programs, "programs"}}) {
         check_int32(*t, name, q);
+    }
+    if (counter) {
+        check_int32(*counter, "counter", q);
+        TORCH_CHECK(counter->numel() >= 2, "counter must hold 2 ints, got ", counter->numel());
     }
     TORCH_CHECK(level.numel() == L, "level has ", level.numel(), " entries but L = ", L);
     TORCH_CHECK(programs.dim() == 2 && programs.size(1) == 2, "programs must be (P, 2), got ", programs.sizes());
@@ -132,6 +140,7 @@ void fwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tens
     p.programs = programs.data_ptr<int>();
     p.num_programs = int(programs.size(0));
     p.num_ctas = int(num_ctas > 0 ? num_ctas : info.sm_count);
+    p.scheduler_counter = counter ? counter->data_ptr<int>() : nullptr;
     p.config = int(config);
     try {
         hmar::run_fwd(p, reinterpret_cast<cudaStream_t>(stream));
@@ -170,7 +179,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("fwd", &fwd, "sm90a block-sparse forward (writes out and lse)", py::arg("q"), py::arg("k"), py::arg("v"),
           py::arg("out"), py::arg("lse"), py::arg("level"), py::arg("row_bits"), py::arg("kv_offsets"),
           py::arg("kv_num_full"), py::arg("kv_indices"), py::arg("programs"), py::arg("softmax_scale"),
-          py::arg("config"), py::arg("num_ctas"), py::arg("stream"));
+          py::arg("config"), py::arg("num_ctas"), py::arg("counter"), py::arg("stream"));
     m.def("fwd_tile", &fwd_tile, "(block_m, block_n) of the forward tile", py::arg("head_dim"), py::arg("config"));
     m.def("built", &built, "dtypes, head dims and configs compiled into this build");
     m.def("sm_count", &sm_count, "number of SMs of a CUDA device", py::arg("device"));

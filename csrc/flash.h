@@ -37,6 +37,7 @@ struct FwdParams {
     int const* programs;
     int num_programs;
     int num_ctas;  // grid size: number of SMs for a persistent grid, num_programs for one CTA per program
+    int* scheduler_counter;  // 2 ints, zero (the kernel resets them): dynamic scheduling; nullptr: static stride
 
     int config;  // index into fwd_tile_sm90's table (tile_size.h)
 };

@@ -35,6 +35,7 @@ struct FlashAttnFwdSm90 {
         alignas(16) typename Mainloop::PipelineQ::SharedStorage pipeline_q;
         alignas(16) typename Mainloop::PipelineKV::SharedStorage pipeline_k;
         alignas(16) typename Mainloop::PipelineKV::SharedStorage pipeline_v;
+        int next_work;  // the program after the current one, published by the producer warp
     };
     static constexpr int SharedStorageSize = sizeof(SharedStorage);
 
@@ -49,7 +50,7 @@ struct FlashAttnFwdSm90 {
         SharedStorage& shared = *reinterpret_cast<SharedStorage*>(smem_buf);
         int const warp_idx = cutlass::canonical_warp_idx_sync();
         int const warp_group_idx = cutlass::canonical_warp_group_idx();
-        bool const is_leader = threadIdx.x == 0;  // the producer thread: issues every TMA load
+        bool const is_leader = threadIdx.x == 0;  // the producer thread: claims work, issues every TMA load
 
         if (is_leader) {
             // The swizzled tiles assume a 1024-byte aligned shared-memory window.
@@ -84,17 +85,39 @@ struct FlashAttnFwdSm90 {
         Mainloop mainloop;
         Epilogue epilogue;
 
+        // Work distribution: the producer warp claims the program after the current one (one ahead, so the
+        // atomic's latency hides behind the loads), and publishes it in shared.next_work before issuing the
+        // current tile's loads; consumers read it at the WorkReady barrier when they start the current tile.
+        // The producer publishes only after acquiring the Q buffer, i.e. after the consumers released the previous
+        // tile's Q, which they do after reading next_work: one slot and one barrier generation suffice.
         if (warp_group_idx == 0) {  // producer
             cutlass::arch::warpgroup_reg_dealloc<LoadRegisters>();
-            if (is_leader) {
+            if (warp_idx == 0) {
+                int const lane = threadIdx.x % cutlass::NumThreadsPerWarp;
                 auto q_write = cutlass::make_producer_start_state<PipelineQ>();
                 auto kv_write = cutlass::make_producer_start_state<PipelineKV>();
+                int w = blockIdx.x;
+                int next = lane == 0 ? Scheduler::claim_next(params.scheduler, w) : 0;
                 CUTLASS_PRAGMA_NO_UNROLL
-                for (int w = Scheduler::first(); Scheduler::valid(params.scheduler, w); w = Scheduler::next(w)) {
-                    auto const work = Scheduler::get(params.scheduler, w);
-                    mainloop.load(params.mainloop, pipeline_q, pipeline_k, pipeline_v, q_write, kv_write,
-                                  shared.mainloop, work.m_block, work.bidh, work.bidb);
+                while (Scheduler::valid(params.scheduler, w)) {
+                    if (lane == 0) {
+                        pipeline_q.producer_acquire(q_write);
+                        shared.next_work = next;
+                    }
+                    __syncwarp();
+                    cutlass::arch::NamedBarrier::arrive(NumMmaThreads + cutlass::NumThreadsPerWarp,
+                                                        uint32_t(FwdNamedBarriers::WorkReady));
+                    if (lane == 0) {
+                        auto const work = Scheduler::get(params.scheduler, w);
+                        mainloop.load(params.mainloop, pipeline_q, pipeline_k, pipeline_v, q_write, kv_write,
+                                      shared.mainloop, work.m_block, work.bidh, work.bidb);
+                    }
+                    w = __shfl_sync(0xffffffff, next, 0);
+                    if (lane == 0 && Scheduler::valid(params.scheduler, w)) {
+                        next = Scheduler::claim_next(params.scheduler, w);
+                    }
                 }
+                if (lane == 0) { Scheduler::finish(params.scheduler); }
             }
         } else {  // consumers
             cutlass::arch::warpgroup_reg_alloc<MmaRegisters>();
@@ -104,8 +127,12 @@ struct FlashAttnFwdSm90 {
             typename Mainloop::PipelineStateKV kv_read;
             typename Mainloop::Mask mask(params.mainloop.mask, thread_idx);
             typename Mainloop::TiledMmaPV tiled_mma_pv;
+            int w = blockIdx.x;
             CUTLASS_PRAGMA_NO_UNROLL
-            for (int w = Scheduler::first(); Scheduler::valid(params.scheduler, w); w = Scheduler::next(w)) {
+            while (Scheduler::valid(params.scheduler, w)) {
+                cutlass::arch::NamedBarrier::sync(NumMmaThreads + cutlass::NumThreadsPerWarp,
+                                                  uint32_t(FwdNamedBarriers::WorkReady));
+                int const next = shared.next_work;
                 auto const work = Scheduler::get(params.scheduler, w);
                 Tensor tOrO = partition_fragment_C(tiled_mma_pv, select<0, 2>(typename Mainloop::TileShape{}));
                 clear(tOrO);
@@ -119,6 +146,7 @@ struct FlashAttnFwdSm90 {
                 Mainloop::Softmax::rescale(tOrO_rc, o_scale);
                 epilogue.store(params.epilogue, tOrO, lse, shared.epilogue, thread_idx, work.m_block, work.bidh,
                                work.bidb);
+                w = next;
             }
             epilogue.store_tail(thread_idx);
         }

@@ -45,7 +45,7 @@ void run_fwd_sm90(FwdParams const& p, cudaStream_t stream) {
         p.lse};
     typename Kernel::Params params{Mainloop::to_underlying_arguments(mainloop_args),
                                    Epilogue::to_underlying_arguments(epilogue_args),
-                                   PersistentTileScheduler::Params{p.programs, p.num_programs, p.heads},
+                                   PersistentTileScheduler::Params{p.programs, p.num_programs, p.heads, p.scheduler_counter},
                                    p.softmax_scale};
 
     auto kernel = &fwd_kernel_sm90<Kernel>;

@@ -132,12 +132,13 @@ struct CollectiveMainloopFwdSm90 {
         cute::prefetch_tma_descriptor(params.tma_v.get_tma_descriptor());
     }
 
-    // Producer: called by one thread (the pipelines' leader) for each work tile.
+    // Producer: called by one thread (the pipelines' leader) for each work tile, after it has acquired the Q
+    // buffer (pipeline_q.producer_acquire(q_write)). Q is loaded even for a tile with no KV tile to visit, so that
+    // producer and consumers step the Q pipeline together.
     CUTLASS_DEVICE void load(Params const& params, PipelineQ& pipeline_q, PipelineKV& pipeline_k,
                              PipelineKV& pipeline_v, PipelineStateQ& q_write, PipelineStateKV& kv_write,
                              TensorStorage& storage, int m_block, int bidh, int bidb) {
         KvTileRange const range = kv_tile_range(params.mask, m_block);
-        if (range.count == 0) { return; }
 
         Tensor sQ = make_tensor(make_smem_ptr(storage.smem_q.data()), SmemLayoutQ{});
         Tensor sK = make_tensor(make_smem_ptr(storage.smem_k.data()), SmemLayoutK{});
@@ -152,13 +153,12 @@ struct CollectiveMainloopFwdSm90 {
         auto [tKgK, tKsK] = tma_partition(params.tma_k, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
         auto [tVgV, tVsV] = tma_partition(params.tma_v, group_modes<0, 2>(sVt), group_modes<0, 2>(gVt));
 
-        pipeline_q.producer_acquire(q_write);  // the consumers are done with the previous tile's Q
         copy(params.tma_q.with(*pipeline_q.producer_get_barrier(q_write), 0, TMA::CacheHintSm90::EVICT_FIRST),
              tQgQ, tQsQ);
         ++q_write;
 
         int const* kv_indices = params.mask.kv_indices + range.first;
-        int n_block = kv_indices[0];
+        int n_block = range.count > 0 ? kv_indices[0] : 0;
         CUTLASS_PRAGMA_NO_UNROLL
         for (int i = 0; i < range.count; ++i) {
             int const n_next = i + 1 < range.count ? kv_indices[i + 1] : 0;  // index load ahead of the wait
@@ -207,7 +207,12 @@ struct CollectiveMainloopFwdSm90 {
                             FrgO& tOrO, Softmax& softmax, Mask& mask, int thread_idx, TensorStorage& storage,
                             int m_block) {
         KvTileRange const range = kv_tile_range(params.mask, m_block);
-        if (range.count == 0) { return false; }
+        if (range.count == 0) {  // nothing visible: O = 0, LSE = -inf (the epilogue writes them)
+            pipeline_q.consumer_wait(q_read);
+            pipeline_q.consumer_release(q_read);
+            ++q_read;
+            return false;
+        }
         int const* kv_indices = params.mask.kv_indices + range.first;
         if (range.num_full < range.count) { mask.load_rows(m_block); }
 

@@ -16,6 +16,7 @@ enum class FwdNamedBarriers : uint32_t {
     WarpSchedulerWG1 = 1,  // WG1..WG3: the ping-pong turn of each consumer warpgroup
     WarpSchedulerWG2 = 2,
     WarpSchedulerWG3 = 3,
+    WorkReady = 4,         // producer warp → consumers: the next program is in shared memory
 };
 
 // One warpgroup-wide wgmma batch: C (+)= A·B over all k-blocks, committed as one group.

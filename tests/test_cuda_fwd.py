@@ -47,7 +47,7 @@ def test_real_schedules(px, pattern, dtype, head_dim):
 @pytest.mark.parametrize("seed", range(12))
 def test_random_schedules(seed):
     """Random schedules and patterns (diagonal, causal, random S×S), both dtypes, both head dims, every tile
-    config, persistent and one-CTA-per-tile grids, odd batch and head counts."""
+    config and scheduler, odd batch and head counts."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     patch_nums = random_schedule(rng, max_scales=6, max_side=20)
@@ -58,21 +58,21 @@ def test_random_schedules(seed):
     head_dim = (64, 128)[(seed // 2) % 2]
     _skip_unless_built(dtype, head_dim)
     config = (seed // 4) % cuda._built()["configs"]
-    with cuda.fwd_options(config=config, persistent=seed % 3 != 1):
+    with cuda.fwd_options(config=config, scheduler=cuda.SCHEDULERS[seed % 3]):
         run_and_check(patch_nums, row_bits, batch=int(rng.integers(1, 4)), heads=int(rng.integers(1, 6)),
                       head_dim=head_dim, dtype=dtype, scale=float(rng.uniform(0.05, 0.5)), backend="cuda")
 
 
 @pytest.mark.parametrize("config", [0, 1])
-@pytest.mark.parametrize("persistent", [True, False])
+@pytest.mark.parametrize("scheduler", ["dynamic", "static", "grid"])
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_tile_configs(config, persistent, head_dim):
+def test_tile_configs(config, scheduler, head_dim):
     _skip_unless_built(torch.bfloat16, head_dim)
     if config >= cuda._built()["configs"]:
         pytest.skip("alternative tile configs were not built (HMAR_CUDA_DEV_BUILD)")
     torch.manual_seed(config)
     pn = REAL_SCHEDULES[512]
-    with cuda.fwd_options(config=config, persistent=persistent):
+    with cuda.fwd_options(config=config, scheduler=scheduler):
         for pattern in ("block_diagonal", "block_causal"):
             run_and_check(pn, named_pattern_bits(pattern, len(pn)), batch=2, heads=2, head_dim=head_dim,
                           dtype=torch.bfloat16, scale=0.125, backend="cuda")
@@ -111,11 +111,11 @@ def test_large_scores():
     check_close("out", out, ref, base)
 
 
-@pytest.mark.parametrize("persistent", [True, False])
-def test_forward_bit_identical_run_to_run(persistent):
+@pytest.mark.parametrize("scheduler", ["dynamic", "static", "grid"])
+def test_forward_bit_identical_run_to_run(scheduler):
     pn = REAL_SCHEDULES[1024]
     q, k, v = (torch.randn(2, 4, 9451, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    with cuda.fwd_options(persistent=persistent):
+    with cuda.fwd_options(scheduler=scheduler):
         first = cuda.forward(q, k, v, pn, named_pattern_bits("block_causal", len(pn)), 0.125)
         for _ in range(3):
             again = cuda.forward(q, k, v, pn, named_pattern_bits("block_causal", len(pn)), 0.125)
