@@ -13,6 +13,7 @@ only when bench/ (or a file in it) is named on the command line, so a plain ``py
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,8 @@ OPTIONS = {  # --bench-* options and their argparse settings (defaults: the full
     "--bench-heads": dict(type=int, default=16),
     "--bench-rounds": dict(type=int, default=20, help="timed rounds per benchmark"),
     "--bench-warmup": dict(type=int, default=3, help="untimed rounds first"),
+    "--bench-time-budget": dict(type=float, default=None,
+                                help="seconds after which the remaining benchmarks skip (device command limits)"),
     "--bench-e2e": dict(action="store_true", default=False, help="also run the model-level train-step benchmarks"),
 }
 
@@ -121,11 +124,16 @@ class BenchState:
     """What consecutive benchmarks share: the input sets of one shape, the reference of one pattern, and the
     error and peak memory of each case (measured once, by whichever pass comes first)."""
 
-    def __init__(self, device: torch.device, rounds: int, warmup: int):
+    def __init__(self, device: torch.device, rounds: int, warmup: int, time_budget: float | None = None):
         self.device, self.rounds, self.warmup = device, rounds, warmup
+        self.deadline = time.perf_counter() + time_budget if time_budget else None
         self.shape_key, self.inputs = None, None
         self.reference_key, self.reference = None, None
         self.measured: dict = {}
+
+    def check_budget(self):
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            pytest.skip("--bench-time-budget reached")
 
     def inputs_for(self, case: bm.AttentionCase):
         key = (case.px, case.dtype, case.batch, case.heads, case.head_dim)
@@ -149,7 +157,8 @@ class BenchState:
 
 @pytest.fixture(scope="session")
 def bench_state(pytestconfig):
-    return BenchState(DEVICE, option(pytestconfig, "--bench-rounds"), option(pytestconfig, "--bench-warmup"))
+    return BenchState(DEVICE, option(pytestconfig, "--bench-rounds"), option(pytestconfig, "--bench-warmup"),
+                      option(pytestconfig, "--bench-time-budget"))
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ SANE_ERROR = 0.1  # max |x − ref| / max |ref| over out, dq, dk, dv: bf16 round
 
 def test_attention(attention_case, bench_pass, benchmark, bench_state, bench_summary):
     case = attention_case
+    bench_state.check_budget()
     why = case.unavailable(bench_state.device)
     if why:
         pytest.skip(why)

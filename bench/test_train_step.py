@@ -18,6 +18,7 @@ DEPTH = 16  # d16: width 1024, 16 heads, head dim 64 (the smallest official mode
 def test_train_step(px, kind, backend, benchmark, bench_state, pytestconfig):
     if not pytestconfig.getoption("--bench-e2e", default=False):
         pytest.skip("model-level benchmarks run with --bench-e2e")
+    bench_state.check_budget()
     batch = pytestconfig.getoption("--bench-batch", default=4)
     call = train_step_call(kind, bm.SCHEDULES[px], batch, DEPTH, torch.bfloat16, backend, bench_state.device)
     steps = itertools.count()

@@ -185,7 +185,8 @@ def run_sweep(args, device: torch.device, meta: dict | None = None, on_group=Non
                     phases["reference", ""] += time.perf_counter() - start
                 row, spent = bm.measure_case(case, inputs, references[case.pattern], args.reps, args.warmup)
             except Exception as error:  # one broken backend (OOM, compile error) must not end the sweep
-                failures.append(f"{case.label()}: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
+                first_line = (str(error).splitlines() or [""])[0][:200]
+                failures.append(f"{case.label()}: {type(error).__name__}: {first_line}")
                 progress.step(f"{case.label():40s} FAILED ({type(error).__name__})")
                 torch.cuda.empty_cache()
                 continue
