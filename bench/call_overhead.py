@@ -17,7 +17,7 @@ import hmar_kernels
 from hmar_kernels import benchmark as bm
 from hmar_kernels.api import _plan
 from hmar_kernels.triton import launch
-from hmar_model.cli.bench import SCHEDULES
+from hmar_kernels.benchmark import SCHEDULES
 
 
 def host_us(call, n=200):

@@ -59,7 +59,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, patch_nums: Seq
         return reference_attention(q, k, v, patch_nums, row_bits, scale)[0]
     if name in ANCHORS:
         return ANCHORS[name](q, k, v, patch_nums, row_bits, scale)
-    return ops.attention_forward(q, k, v, patch_nums, row_bits, scale, name)[0]
+    return ops.attention_op(q, k, v, patch_nums, row_bits, scale, name)
 
 
 def _hashable(value):
