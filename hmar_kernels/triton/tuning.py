@@ -68,6 +68,7 @@ def interpreting() -> bool:
 
 
 _chosen: dict = {}
+_timings: dict = {}
 
 
 def _time_ms(run: Callable[[], None], reps: int = 10) -> float:
@@ -105,9 +106,10 @@ def pick(key, candidates: Sequence, run: Callable, autotune: bool, device: torch
                 raise
     best = min(times, key=times.get)
     _chosen[key] = best
+    _timings[key] = times
     return best
 
 
 def tuned_configs() -> dict:
-    """What the autotuner chose so far (key → config), for benchmarks and notes."""
-    return dict(_chosen)
+    """What the autotuner chose so far: key → (config, {candidate: median ms}), for benchmarks and notes."""
+    return {key: (config, dict(_timings.get(key, {}))) for key, config in _chosen.items()}
