@@ -108,6 +108,8 @@ void fwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tens
         TORCH_CHECK(counter->numel() >= 2, "counter must hold 2 ints, got ", counter->numel());
     }
     TORCH_CHECK(level.numel() == L, "level has ", level.numel(), " entries but L = ", L);
+    TORCH_CHECK(reinterpret_cast<uintptr_t>(level.data_ptr()) % 8 == 0, "level must be 8-byte aligned (pairs of "
+                "levels are loaded together)");
     TORCH_CHECK(programs.dim() == 2 && programs.size(1) == 2, "programs must be (P, 2), got ", programs.sizes());
     TORCH_CHECK(B * H < (int64_t(1) << 31) && L < (int64_t(1) << 31), "B·H and L must fit in int32");
 

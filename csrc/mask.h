@@ -61,16 +61,35 @@ struct BlockSparseMask {
     }
 
     // before_softmax hook of a partial tile: scores of invisible (query, key) pairs become -inf.
+    // Each thread holds 2 rows × (kBlockN / 4) columns, in adjacent pairs: one 8-byte load of two levels per pair
+    // (tiles inside [0, L)), one bit per column, then one AND and one select per score.
     template <class TensorS>
     CUTLASS_DEVICE void before_softmax(TensorS& s_rowcol, int n_block) const {
         Tensor rowcol = make_tensor(tScS.data(), acc_rowcol(tScS.layout()));
-        CUTLASS_PRAGMA_UNROLL
-        for (int c = 0; c < size<1>(s_rowcol); ++c) {
-            int const col = n_block * kBlockN + get<1>(rowcol(0, c));
-            int const k_level = col < p.seqlen ? __ldg(p.level + col) : kOutOfRangeLevel;
+        constexpr int kCols = decltype(size<1>(s_rowcol))::value;
+        static_assert(kCols % 2 == 0);
+        int const col0 = n_block * kBlockN;
+        uint32_t col_bit[kCols];
+        if (col0 + kBlockN <= p.seqlen) {
             CUTLASS_PRAGMA_UNROLL
-            for (int r = 0; r < kRows; ++r) {
-                if (!((q_bits[r] >> k_level) & 1u)) { s_rowcol(r, c) = -INFINITY; }
+            for (int c = 0; c < kCols; c += 2) {
+                // columns c, c + 1 of the view are adjacent keys (accumulator value v0 = 0, 1), the first even
+                int2 const levels = __ldg(reinterpret_cast<int2 const*>(p.level + col0 + get<1>(rowcol(0, c))));
+                col_bit[c] = 1u << levels.x;
+                col_bit[c + 1] = 1u << levels.y;
+            }
+        } else {  // the last KV tile: keys past L get level 31, which no row allows
+            CUTLASS_PRAGMA_UNROLL
+            for (int c = 0; c < kCols; ++c) {
+                int const col = col0 + get<1>(rowcol(0, c));
+                col_bit[c] = 1u << (col < p.seqlen ? __ldg(p.level + col) : kOutOfRangeLevel);
+            }
+        }
+        CUTLASS_PRAGMA_UNROLL
+        for (int r = 0; r < kRows; ++r) {
+            CUTLASS_PRAGMA_UNROLL
+            for (int c = 0; c < kCols; ++c) {
+                if (!(q_bits[r] & col_bit[c])) { s_rowcol(r, c) = -INFINITY; }
             }
         }
     }

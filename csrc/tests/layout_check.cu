@@ -5,6 +5,7 @@
 // 2. acc_as_operand_a: value i of the S accumulator (QKᵀ partition) sits at the same (row, key) as value i of
 //    the A operand of the PV wgmma, so P can be reused in place.
 // 3. The rows of the S and O accumulators agree, so softmax row statistics apply to O rows.
+// 4. Adjacent columns of the S view are adjacent keys, starting even (the mask's paired level loads).
 #include <cstdio>
 
 #include "../fwd_mainloop_sm90.hpp"
@@ -58,6 +59,12 @@ void check() {
             for (int c = 0; c < size<1>(oRC); ++c) {
                 EXPECT(get<0>(oRC(r, c)) == get<0>(sRC(r, 0)), "O row %d != S row %d (thread %d)", r, r, t);
             }
+        }
+        // The mask loads the levels of two adjacent keys at once: columns 2j, 2j + 1 of the view are keys k, k + 1
+        // with k even.
+        for (int c = 0; c + 1 < size<1>(sRC); c += 2) {
+            EXPECT(get<1>(sRC(0, c)) % 2 == 0 && get<1>(sRC(0, c + 1)) == get<1>(sRC(0, c)) + 1,
+                   "thread %d: S columns %d, %d are not an aligned key pair", t, c, c + 1);
         }
         // The epilogue writes LSE from the thread holding column 0 of a row: exactly one per row.
         EXPECT((get<1>(oRC(0, 0)) == 0) == (t % 4 == 0), "thread %d: column-0 ownership unexpected", t);
