@@ -6,7 +6,7 @@
 #
 # Stages: smoke (bench/cuda_sanitize.py: 3 small cases vs float64), bench (bench/cuda_fwd.py, BENCH_ARGS),
 # test (pytest tests/test_cuda_fwd.py), sanitize (compute-sanitizer memcheck, racecheck, synccheck on the smoke
-# cases). A failed smoke runs memcheck on it and stops. Logs and CSVs go to $OUT (at most 8 files come back).
+# cases), hmarbench (hmar-bench rows for backend cuda: fwd, fwd+bwd, memory). A failed smoke runs memcheck on it and stops. Logs and CSVs go to $OUT (at most 8 files come back).
 # Here, first: python3 -m pip download --no-deps --only-binary=:all: -d .whl nvidia-cutlass==4.2.0.0
 set -uo pipefail
 START=$(date +%s)
@@ -35,6 +35,7 @@ print('built', m.built(), 'tile64', m.fwd_tile(64, 0), 'tile128', m.fwd_tile(128
 rc=$?
 log "build rc=$rc in $(( $(date +%s) - t )) s: $(tail -1 "$OUT/build.log")"
 if [ $rc -ne 0 ]; then grep -E "error|Error" "$OUT/build.log" | head -30; exit 1; fi
+rm -f "$OUT/build.log"  # at most 8 files come back
 
 for stage in "$@"; do
     t=$(date +%s)
@@ -68,10 +69,17 @@ for stage in "$@"; do
             t=$(date +%s)
             # only our kernel is instrumented (kns: kernel-name substring); torch's own kernels run plain
             timeout "$(stage_timeout 120)" compute-sanitizer --tool $tool --kernel-name kns=fwd_kernel_sm90 \
-                --print-limit 20 python3 bench/cuda_sanitize.py > "$OUT/sanitize_$tool.log" 2>&1
+                --print-limit 20 python3 bench/cuda_sanitize.py > "$OUT/sanitize_$tool.tmp" 2>&1
             log "$tool rc=$? in $(( $(date +%s) - t )) s: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|ill-formed|WRONG' \
-                "$OUT/sanitize_$tool.log" | tr '\n' ' ')"
+                "$OUT/sanitize_$tool.tmp" | tr '\n' ' ')"
+            { echo "=== $tool"; cat "$OUT/sanitize_$tool.tmp"; } >> "$OUT/sanitize.log"
+            rm -f "$OUT/sanitize_$tool.tmp"
         done
+        ;;
+    hmarbench)  # the project's harness (fwd, fwd+bwd, peak memory, error) for backend cuda
+        timeout "$(stage_timeout 150)" python3 -m hmar_model.cli.bench --backends cuda --dtypes bf16 \
+            --head-dims 64 --no-plots --results "$OUT/hb" >> "$OUT/bench.log" 2>&1
+        log "hmar-bench rc=$? in $(( $(date +%s) - t )) s"
         ;;
     *) log "unknown stage $stage" ;;
     esac

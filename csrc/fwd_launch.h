@@ -20,7 +20,7 @@ struct FwdKernelSm90 {
     using TileShape = Shape<Int<kTile.block_m>, Int<kTile.block_n>, Int<kHeadDim>>;
     using Mainloop = CollectiveMainloopFwdSm90<kTile.stages, TileShape, Element, kTile.intra_wg_overlap,
                                                kTile.wg_pingpong>;
-    using Epilogue = CollectiveEpilogueFwd<TileShape, Element, typename Mainloop::TiledMmaPV>;
+    using Epilogue = CollectiveEpilogueFwd<TileShape, Element, typename Mainloop::TiledMmaPV, kTile.wg_epilogue>;
     using Kernel = FlashAttnFwdSm90<Mainloop, Epilogue, PersistentTileScheduler>;
 };
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 HEAD_DIMS = (64, 128)
 DTYPES = {"bf16": "cutlass::bfloat16_t", "fp16": "cutlass::half_t"}
-NUM_FWD_CONFIGS_SM90 = 2  # kNumFwdConfigsSm90 in tile_size.h
+NUM_FWD_CONFIGS_SM90 = 3  # kNumFwdConfigsSm90 in tile_size.h
 
 # Dev builds (-DHMAR_NO_FP16, -DHMAR_NO_HDIM128, -DHMAR_NO_ALT_CONFIGS) compile the dropped files to nothing; the
 # dispatcher (static_switch.h) drops the same cases.

@@ -69,27 +69,25 @@ struct BlockSparseMask {
         constexpr int kCols = decltype(size<1>(s_rowcol))::value;
         static_assert(kCols % 2 == 0);
         int const col0 = n_block * kBlockN;
-        uint32_t col_bit[kCols];
+        auto apply = [&](int c, uint32_t col_bit) {
+            CUTLASS_PRAGMA_UNROLL
+            for (int r = 0; r < kRows; ++r) {
+                if (!(q_bits[r] & col_bit)) { s_rowcol(r, c) = -INFINITY; }
+            }
+        };
         if (col0 + kBlockN <= p.seqlen) {
             CUTLASS_PRAGMA_UNROLL
             for (int c = 0; c < kCols; c += 2) {
                 // columns c, c + 1 of the view are adjacent keys (accumulator value v0 = 0, 1), the first even
                 int2 const levels = __ldg(reinterpret_cast<int2 const*>(p.level + col0 + get<1>(rowcol(0, c))));
-                col_bit[c] = 1u << levels.x;
-                col_bit[c + 1] = 1u << levels.y;
+                apply(c, 1u << levels.x);
+                apply(c + 1, 1u << levels.y);
             }
         } else {  // the last KV tile: keys past L get level 31, which no row allows
             CUTLASS_PRAGMA_UNROLL
             for (int c = 0; c < kCols; ++c) {
                 int const col = col0 + get<1>(rowcol(0, c));
-                col_bit[c] = 1u << (col < p.seqlen ? __ldg(p.level + col) : kOutOfRangeLevel);
-            }
-        }
-        CUTLASS_PRAGMA_UNROLL
-        for (int r = 0; r < kRows; ++r) {
-            CUTLASS_PRAGMA_UNROLL
-            for (int c = 0; c < kCols; ++c) {
-                if (!(q_bits[r] & col_bit[c])) { s_rowcol(r, c) = -INFINITY; }
+                apply(c, 1u << (col < p.seqlen ? __ldg(p.level + col) : kOutOfRangeLevel));
             }
         }
     }

@@ -74,6 +74,9 @@
         } else if ((CONFIG) == 1) {                                                       \
             constexpr static int kConfig = 1;                                             \
             return __VA_ARGS__();                                                         \
+        } else if ((CONFIG) == 2) {                                                       \
+            constexpr static int kConfig = 2;                                             \
+            return __VA_ARGS__();                                                         \
         }                                                                                 \
         throw std::invalid_argument("config " + std::to_string(CONFIG) + " does not exist"); \
     }()

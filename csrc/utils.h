@@ -17,6 +17,9 @@ enum class FwdNamedBarriers : uint32_t {
     WarpSchedulerWG2 = 2,
     WarpSchedulerWG3 = 3,
     WorkReady = 4,         // producer warp → consumers: the next program is in shared memory
+    EpilogueWG1 = 5,       // EpilogueWG1..3: one consumer warpgroup around its own O slab (per-warpgroup stores)
+    EpilogueWG2 = 6,
+    EpilogueWG3 = 7,
 };
 
 // One warpgroup-wide wgmma batch: C (+)= A·B over all k-blocks, committed as one group.

@@ -122,6 +122,14 @@ def _programs(mask: TileMask, batch_heads: int) -> torch.Tensor:
     return torch.from_numpy(launch_order([mask.kv_visits], batch_heads)).to(mask.device)
 
 
+@functools.lru_cache(maxsize=1024)
+def _launch_tables(patch_nums, row_bits, batch_heads, head_dim, config, device) -> tuple[torch.Tensor, ...]:
+    """The metadata tensors one launch reads, in ext.fwd's order (one cache lookup per call)."""
+    mask = tile_mask(patch_nums, row_bits, *fwd_tile(head_dim, config), device)
+    return (mask.level, mask.row_bits_t, mask.kv_offsets, mask.kv_num_full, mask.kv_indices,
+            _programs(mask, batch_heads))
+
+
 _counters: dict = {}
 
 
@@ -167,16 +175,13 @@ def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], sof
     q, k, v = (_tma_ready(t) for t in (q, k, v))
     B, H, L, D = q.shape
     options = _options
-    block_m, block_n = fwd_tile(D, options.config)
-    mask = tile_mask(patch_nums, row_bits, block_m, block_n, q.device)
-    programs = _programs(mask, B * H)
+    tables = _launch_tables(patch_nums, row_bits, B * H, D, options.config, q.device)
     out = _new((B, H, L, D), q.dtype, q.device)
     lse = _new((B, H, L), torch.float32, q.device)
     stream = _current_stream(q.device)
-    num_ctas = programs.shape[0] if options.scheduler == "grid" else 0  # 0: one CTA per SM
+    num_ctas = tables[-1].shape[0] if options.scheduler == "grid" else 0  # 0: one CTA per SM
     counter = _scheduler_counter(q.device, stream) if options.scheduler == "dynamic" else None
-    ext.fwd(q, k, v, out, lse, mask.level, mask.row_bits_t, mask.kv_offsets, mask.kv_num_full, mask.kv_indices,
-            programs, softmax_scale, options.config, num_ctas, counter, stream)
+    ext.fwd(q, k, v, out, lse, *tables, softmax_scale, options.config, num_ctas, counter, stream)
     return out, lse
 
 

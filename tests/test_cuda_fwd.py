@@ -63,7 +63,7 @@ def test_random_schedules(seed):
                       head_dim=head_dim, dtype=dtype, scale=float(rng.uniform(0.05, 0.5)), backend="cuda")
 
 
-@pytest.mark.parametrize("config", [0, 1])
+@pytest.mark.parametrize("config", [0, 1, 2])
 @pytest.mark.parametrize("scheduler", ["dynamic", "static", "grid"])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_tile_configs(config, scheduler, head_dim):

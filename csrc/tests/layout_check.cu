@@ -8,8 +8,7 @@
 // 4. Adjacent columns of the S view are adjacent keys, starting even (the mask's paired level loads).
 #include <cstdio>
 
-#include "../fwd_mainloop_sm90.hpp"
-#include "../tile_size.h"
+#include "../fwd_launch.h"
 
 using namespace cute;
 
@@ -69,15 +68,19 @@ void check() {
         // The epilogue writes LSE from the thread holding column 0 of a row: exactly one per row.
         EXPECT((get<1>(oRC(0, 0)) == 0) == (t % 4 == 0), "thread %d: column-0 ownership unexpected", t);
     }
-    std::printf("D=%d config %d (%dx%d, %d consumer warpgroups): %s\n", kHeadDim, kConfig, BM, BN,
-                Mainloop::NumMmaWarpGroups, failures ? "FAILED" : "ok");
+    using Kernel = typename hmar::FwdKernelSm90<Element, kHeadDim, kConfig>::Kernel;
+    std::printf("D=%d config %d (%dx%d, %d stages, %d consumer warpgroups, %d threads, %d bytes smem): %s\n",
+                kHeadDim, kConfig, BM, BN, tile.stages, Mainloop::NumMmaWarpGroups, Kernel::NumThreads,
+                Kernel::SharedStorageSize, failures ? "FAILED" : "ok");
 }
 
 int main() {
     check<cutlass::bfloat16_t, 64, 0>();
     check<cutlass::bfloat16_t, 64, 1>();
+    check<cutlass::bfloat16_t, 64, 2>();
     check<cutlass::half_t, 128, 0>();
     check<cutlass::half_t, 128, 1>();
+    check<cutlass::half_t, 128, 2>();
     if (failures) { std::printf("%d layout check(s) failed\n", failures); }
     return failures ? 1 : 0;
 }
