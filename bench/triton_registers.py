@@ -67,12 +67,11 @@ def main():
                           c.num_warps, c.num_stages)
             print(f"fwd D={d} {c}: {info}", flush=True)
         for c in tuning.bwd_candidates(d):
-            rows = {"desc_q1": c.block_m1, "desc_do1": c.block_m1, "desc_k1": c.block_n1, "desc_v1": c.block_n1,
-                    "desc_q2": c.block_m2, "desc_do2": c.block_m2, "desc_k2": c.block_n2, "desc_v2": c.block_n2,
-                    "desc_dq": c.block_m2, "desc_dk": c.block_n1, "desc_dv": c.block_n1}
+            rows = {"desc_q": c.block_m, "desc_do": c.block_m, "desc_dq": c.block_m,
+                    "desc_k": c.block_n, "desc_v": c.block_n, "desc_dk": c.block_n, "desc_dv": c.block_n}
             info = report(attn_bwd_kernel, args.dtype, d, rows.get,
-                          dict(HEAD_DIM=d, BLOCK_M1=c.block_m1, BLOCK_N1=c.block_n1, BLOCK_M2=c.block_m2,
-                               BLOCK_N2=c.block_n2, DOT_PRECISION="tf32"), c.num_warps, c.num_stages)
+                          dict(HEAD_DIM=d, BLOCK_M=c.block_m, BLOCK_N=c.block_n, DOT_PRECISION="tf32"),
+                          c.num_warps, c.num_stages)
             print(f"bwd D={d} {c}: {info}", flush=True)
 
 

@@ -86,20 +86,15 @@ def _dq_tiles(dq, q, do, q_bits, lse2, delta, desc_k, desc_v, b, h, level, kv_in
 
 
 @triton.jit
-def attn_bwd_kernel(desc_q1, desc_do1, desc_k1, desc_v1, desc_q2, desc_do2, desc_k2, desc_v2,
-                    desc_dq, desc_dk, desc_dv, Lse, Delta,
+def attn_bwd_kernel(desc_q, desc_do, desc_k, desc_v, desc_dq, desc_dk, desc_dv, Lse, Delta,
                     level, row_bits,
                     q_offsets, q_num_full, q_indices,
                     kv_offsets, kv_num_full, kv_indices,
                     programs, H, L, softmax_scale, qk_scale,
-                    HEAD_DIM: tl.constexpr, BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr,
-                    BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """desc_*1 have the dK/dV programs' blocks (Q: BLOCK_M1 rows, K/V: BLOCK_N1), desc_*2 the dQ programs'
-    (Q: BLOCK_M2, K/V: BLOCK_N2); desc_dq has BLOCK_M2 rows, desc_dk/desc_dv BLOCK_N1.
-
-    q_* lists come from the (BLOCK_M1, BLOCK_N1) TileMask (KV tile → Q tiles), kv_* from the
-    (BLOCK_M2, BLOCK_N2) one (Q tile → KV tiles).
-    """
+                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr):
+    """One (BLOCK_M, BLOCK_N) TileMask drives both kinds of program: dK/dV of a KV tile walks its q_* lists
+    (KV tile → Q tiles), dQ of a Q tile its kv_* lists. desc_q/do/dq have BLOCK_M rows, desc_k/v/dk/dv BLOCK_N."""
     pid = tl.program_id(0)
     code = tl.load(programs + 2 * pid)
     bh = tl.load(programs + 2 * pid + 1)
@@ -111,38 +106,38 @@ def attn_bwd_kernel(desc_q1, desc_do1, desc_k1, desc_v1, desc_q2, desc_do2, desc
     delta_base = Delta + bh.to(tl.int64) * L
 
     if kind == 0:
-        start_n = tile * BLOCK_N1
-        offs_n = start_n + tl.arange(0, BLOCK_N1)
-        k = desc_k1.load([b, h, start_n, 0]).reshape(BLOCK_N1, HEAD_DIM)
-        v = desc_v1.load([b, h, start_n, 0]).reshape(BLOCK_N1, HEAD_DIM)
+        start_n = tile * BLOCK_N
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = desc_k.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+        v = desc_v.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
         k_level = tl.load(level + offs_n, mask=offs_n < L, other=OUT_OF_RANGE_LEVEL)
-        dk = tl.zeros([BLOCK_N1, HEAD_DIM], dtype=tl.float32)
-        dv = tl.zeros([BLOCK_N1, HEAD_DIM], dtype=tl.float32)
+        dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
         first = tl.load(q_offsets + tile)
         split = first + tl.load(q_num_full + tile)
         last = tl.load(q_offsets + tile + 1)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, k_level, desc_q1, desc_do1, b, h, lse_base, delta_base, level, row_bits,
-                             q_indices, first, split, L, qk_scale, BLOCK_M1, HEAD_DIM, False, DOT_PRECISION)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, k_level, desc_q1, desc_do1, b, h, lse_base, delta_base, level, row_bits,
-                             q_indices, split, last, L, qk_scale, BLOCK_M1, HEAD_DIM, True, DOT_PRECISION)
-        desc_dk.store([b, h, start_n, 0], (dk * softmax_scale).to(k.dtype).reshape(1, 1, BLOCK_N1, HEAD_DIM))
-        desc_dv.store([b, h, start_n, 0], dv.to(v.dtype).reshape(1, 1, BLOCK_N1, HEAD_DIM))
+        dk, dv = _dkdv_tiles(dk, dv, k, v, k_level, desc_q, desc_do, b, h, lse_base, delta_base, level, row_bits,
+                             q_indices, first, split, L, qk_scale, BLOCK_M, HEAD_DIM, False, DOT_PRECISION)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, k_level, desc_q, desc_do, b, h, lse_base, delta_base, level, row_bits,
+                             q_indices, split, last, L, qk_scale, BLOCK_M, HEAD_DIM, True, DOT_PRECISION)
+        desc_dk.store([b, h, start_n, 0], (dk * softmax_scale).to(k.dtype).reshape(1, 1, BLOCK_N, HEAD_DIM))
+        desc_dv.store([b, h, start_n, 0], dv.to(v.dtype).reshape(1, 1, BLOCK_N, HEAD_DIM))
     else:
-        start_m = tile * BLOCK_M2
-        offs_m = start_m + tl.arange(0, BLOCK_M2)
+        start_m = tile * BLOCK_M
+        offs_m = start_m + tl.arange(0, BLOCK_M)
         row_in = offs_m < L
-        q = desc_q2.load([b, h, start_m, 0]).reshape(BLOCK_M2, HEAD_DIM)
-        do = desc_do2.load([b, h, start_m, 0]).reshape(BLOCK_M2, HEAD_DIM)
+        q = desc_q.load([b, h, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
+        do = desc_do.load([b, h, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
         lse2 = tl.load(lse_base + offs_m, mask=row_in, other=float("inf")) * LOG2E
         delta = tl.load(delta_base + offs_m, mask=row_in, other=0.0)
         q_level = tl.load(level + offs_m, mask=row_in, other=0)
         q_bits = tl.load(row_bits + q_level, mask=row_in, other=0)
-        dq = tl.zeros([BLOCK_M2, HEAD_DIM], dtype=tl.float32)
+        dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
         first = tl.load(kv_offsets + tile)
         split = first + tl.load(kv_num_full + tile)
         last = tl.load(kv_offsets + tile + 1)
-        dq = _dq_tiles(dq, q, do, q_bits, lse2, delta, desc_k2, desc_v2, b, h, level, kv_indices, first, split, L,
-                       qk_scale, BLOCK_N2, HEAD_DIM, False, DOT_PRECISION)
-        dq = _dq_tiles(dq, q, do, q_bits, lse2, delta, desc_k2, desc_v2, b, h, level, kv_indices, split, last, L,
-                       qk_scale, BLOCK_N2, HEAD_DIM, True, DOT_PRECISION)
-        desc_dq.store([b, h, start_m, 0], (dq * softmax_scale).to(q.dtype).reshape(1, 1, BLOCK_M2, HEAD_DIM))
+        dq = _dq_tiles(dq, q, do, q_bits, lse2, delta, desc_k, desc_v, b, h, level, kv_indices, first, split, L,
+                       qk_scale, BLOCK_N, HEAD_DIM, False, DOT_PRECISION)
+        dq = _dq_tiles(dq, q, do, q_bits, lse2, delta, desc_k, desc_v, b, h, level, kv_indices, split, last, L,
+                       qk_scale, BLOCK_N, HEAD_DIM, True, DOT_PRECISION)
+        desc_dq.store([b, h, start_m, 0], (dq * softmax_scale).to(q.dtype).reshape(1, 1, BLOCK_M, HEAD_DIM))

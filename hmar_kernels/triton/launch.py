@@ -25,12 +25,10 @@ def _fwd_programs(mask: TileMask, batch_heads: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=256)
-def _bwd_programs(dkdv_mask: TileMask, dq_mask: TileMask, batch_heads: int) -> torch.Tensor:
+def _bwd_programs(mask: TileMask, batch_heads: int) -> torch.Tensor:
     """Device program table of the backward: kind 0 = dK/dV of a KV tile, kind 1 = dQ of a Q tile."""
-    # Cost of a program ∝ inner iterations × tile area × matmuls per iteration (dK/dV: 4, dQ: 3).
-    dkdv = 4 * dkdv_mask.block_m * dkdv_mask.block_n * dkdv_mask.q_visits
-    dq = 3 * dq_mask.block_m * dq_mask.block_n * dq_mask.kv_visits
-    return torch.from_numpy(launch_order([dkdv, dq], batch_heads)).to(dq_mask.device)
+    # Cost of a program ∝ inner iterations × matmuls per iteration (dK/dV: 4, dQ: 3).
+    return torch.from_numpy(launch_order([4 * mask.q_visits, 3 * mask.kv_visits], batch_heads)).to(mask.device)
 
 
 def _new(shape, dtype, device) -> torch.Tensor:
@@ -99,19 +97,16 @@ def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], sof
 def _launch_bwd(config: tuning.BwdConfig, dout, q, k, v, lse, delta, dq, dk, dv, patch_nums, row_bits,
                 softmax_scale):
     B, H, L, D = q.shape
-    dkdv_mask = tile_mask(patch_nums, row_bits, config.block_m1, config.block_n1, q.device)
-    dq_mask = tile_mask(patch_nums, row_bits, config.block_m2, config.block_n2, q.device)
-    programs = _bwd_programs(dkdv_mask, dq_mask, B * H)
-    m1, n1, m2, n2 = config.block_m1, config.block_n1, config.block_m2, config.block_n2
+    bm, bn = config.block_m, config.block_n
+    mask = tile_mask(patch_nums, row_bits, bm, bn, q.device)
+    programs = _bwd_programs(mask, B * H)
     attn_bwd_kernel[(programs.shape[0],)](
-        _descriptor(q, m1), _descriptor(dout, m1), _descriptor(k, n1), _descriptor(v, n1),
-        _descriptor(q, m2), _descriptor(dout, m2), _descriptor(k, n2), _descriptor(v, n2),
-        _descriptor(dq, m2), _descriptor(dk, n1), _descriptor(dv, n1), lse, delta,
-        dkdv_mask.level, dkdv_mask.row_bits_t,
-        dkdv_mask.q_offsets, dkdv_mask.q_num_full, dkdv_mask.q_indices,
-        dq_mask.kv_offsets, dq_mask.kv_num_full, dq_mask.kv_indices,
+        _descriptor(q, bm), _descriptor(dout, bm), _descriptor(k, bn), _descriptor(v, bn),
+        _descriptor(dq, bm), _descriptor(dk, bn), _descriptor(dv, bn), lse, delta,
+        mask.level, mask.row_bits_t, mask.q_offsets, mask.q_num_full, mask.q_indices,
+        mask.kv_offsets, mask.kv_num_full, mask.kv_indices,
         programs, H, L, softmax_scale, softmax_scale * LOG2E,
-        HEAD_DIM=D, BLOCK_M1=m1, BLOCK_N1=n1, BLOCK_M2=m2, BLOCK_N2=n2, DOT_PRECISION=_dot_precision(q.dtype),
+        HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, DOT_PRECISION=_dot_precision(q.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
 

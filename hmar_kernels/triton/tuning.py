@@ -23,44 +23,44 @@ class FwdConfig:
 
 @dataclass(frozen=True)
 class BwdConfig:
-    block_m1: int  # Q rows per inner iteration of a dK/dV program
-    block_n1: int  # keys per dK/dV program
-    block_m2: int  # Q rows per dQ program
-    block_n2: int  # keys per inner iteration of a dQ program
+    block_m: int  # Q rows per dQ program, and per inner iteration of a dK/dV program
+    block_n: int  # keys per dK/dV program, and per inner iteration of a dQ program
     num_warps: int
     num_stages: int
 
 
 # Small tiles for the CPU interpreter (tests at small shapes): many tile boundaries inside few tokens.
 INTERPRETER_FWD = FwdConfig(16, 16, 1, 1)
-INTERPRETER_BWD = BwdConfig(16, 16, 16, 16, 1, 1)
+INTERPRETER_BWD = BwdConfig(16, 16, 1, 1)
 
 
 def fwd_candidates(head_dim: int) -> Sequence[FwdConfig]:
     """Hopper-minded forward configs, default first.
 
-    Resources for sm_90, bf16 (bench/triton_registers.py, Triton 3.9): none spills; registers per thread at D=64
-    (128, 64, 8 warps) 107, (128, 128, 8) 169, (128, 64, 4) 201, (64, 64, 4) 107; (128, 128, 4) hits 255.
-    At D=128: (128, 64, 8) 151 with 96 KiB of shared memory, (128, 32, 8) 115, (64, 64, 8) 121.
+    Measured on the H100 (bf16, D=64, B=4, H=16; bench/tuning_report.py, 2026-11-22): (128, 64, 4 warps) won at
+    1024 px (diagonal 1.47 ms, causal 2.86) just ahead of (64, 64, 4); (64, 64, 4) won at 512 px by 8-10%;
+    8-warp configs lost by 15-65%. Resources for sm_90 (bench/triton_registers.py): no candidate spills;
+    registers at D=64: (128, 64, 4) 201, (64, 64, 4) 107, (128, 128, 8) 169; at D=128: (128, 64, 8) 151 with
+    96 KiB of shared memory, (128, 32, 8) 115, (64, 64, 8) 121.
     """
     if head_dim <= 64:
-        return (FwdConfig(128, 64, 8, 4), FwdConfig(128, 128, 8, 3), FwdConfig(128, 64, 4, 3),
-                FwdConfig(64, 64, 4, 3))
-    return (FwdConfig(128, 64, 8, 3), FwdConfig(128, 32, 8, 3), FwdConfig(64, 64, 8, 3), FwdConfig(64, 32, 4, 3))
+        return (FwdConfig(128, 64, 4, 3), FwdConfig(64, 64, 4, 3), FwdConfig(128, 128, 8, 3),
+                FwdConfig(128, 64, 8, 4))
+    return (FwdConfig(128, 64, 8, 3), FwdConfig(64, 64, 4, 3), FwdConfig(128, 32, 8, 3), FwdConfig(64, 32, 4, 3))
 
 
 def bwd_candidates(head_dim: int) -> Sequence[BwdConfig]:
-    """Backward configs, default first: narrow Q slices for dK/dV, narrow K slices for dQ (as in FA2).
+    """Backward configs (one TileMask for the dK/dV and the dQ programs), default first.
 
-    Registers at D=64: (64, 128, 128, 64, 8 warps) 192, (32, 128, 128, 32, 8) 128, (32, 64, 64, 32, 4) 128,
-    (64, 64, 64, 64, 4) 177; at D=128: (32, 64, 64, 32, 8) 169, (32, 128, 128, 32, 8) 199 (2 stages),
-    (64, 128, 128, 64, 8) 235 with 129 KiB of shared memory (2 stages). No candidate spills.
+    Measured on the H100 with separate dK/dV and dQ tiles (bf16, D=64, 2026-11-22): 64×64 tiles with 4 warps won
+    at every schedule (1024 px diagonal 3.96 ms, causal 8.09), narrow 32-row slices for dK/dV tied within 1-5%,
+    and 128-key tiles with 8 warps lost by 25-80%; hence one tile shape for both passes. Registers (no spills):
+    D=64 (64, 64, 4) 177, (32, 64, 4) 194, (64, 32, 4) 228, (64, 128, 8) 212; D=128 (64, 64, 8) 184,
+    (32, 64, 8) 248, (64, 32, 8) 253, (64, 64, 4) 226. With 4 warps, (32, 64) and (64, 32) spill at D=128.
     """
     if head_dim <= 64:
-        return (BwdConfig(64, 128, 128, 64, 8, 3), BwdConfig(32, 128, 128, 32, 8, 3),
-                BwdConfig(32, 64, 64, 32, 4, 3), BwdConfig(64, 64, 64, 64, 4, 3))
-    return (BwdConfig(32, 64, 64, 32, 8, 3), BwdConfig(32, 128, 128, 32, 8, 2), BwdConfig(64, 128, 128, 64, 8, 2),
-            BwdConfig(64, 64, 64, 64, 8, 2))
+        return (BwdConfig(64, 64, 4, 3), BwdConfig(32, 64, 4, 3), BwdConfig(64, 32, 4, 3), BwdConfig(64, 128, 8, 3))
+    return (BwdConfig(64, 64, 8, 2), BwdConfig(32, 64, 8, 3), BwdConfig(64, 32, 8, 3), BwdConfig(64, 64, 4, 2))
 
 
 def interpreting() -> bool:
