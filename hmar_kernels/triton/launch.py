@@ -5,13 +5,12 @@ import functools
 import math
 
 import torch
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..options import current_options
 from ..schedule import TileMask, launch_order, tile_mask
 from . import tuning
 from .bwd import attn_bwd_kernel, bwd_preprocess_kernel
-from triton.tools.tensor_descriptor import TensorDescriptor
-
 from .fwd import attn_fwd_kernel
 
 PREPROCESS_BLOCK = 128
@@ -80,16 +79,8 @@ def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], sof
     lse = _new((B, H, L), torch.float32, q.device)
     if q.numel() == 0:
         return out, lse
-    options = current_options()
-    config = options.triton_fwd
-    if config is None:
-        if tuning.interpreting():
-            config = tuning.INTERPRETER_FWD
-        else:
-            key = ("fwd", patch_nums, row_bits, D, q.dtype, q.device)
-            config = tuning.pick(key, tuning.fwd_candidates(D),
-                                 lambda c: _launch_fwd(c, q, k, v, out, lse, patch_nums, row_bits, softmax_scale),
-                                 options.autotune, q.device)
+    config = tuning.choose("fwd", current_options().triton_fwd, (patch_nums, row_bits, D, q.dtype, q.device),
+                           lambda c: _launch_fwd(c, q, k, v, out, lse, patch_nums, row_bits, softmax_scale))
     _launch_fwd(config, q, k, v, out, lse, patch_nums, row_bits, softmax_scale)
     return out, lse
 
@@ -129,16 +120,8 @@ def backward(dout, q, k, v, out, lse, patch_nums: tuple[int, ...], row_bits: tup
         dout.stride(0), dout.stride(1), dout.stride(2),
         H, L, HEAD_DIM=D, BLOCK=PREPROCESS_BLOCK,
     )
-    options = current_options()
-    config = options.triton_bwd
-    if config is None:
-        if tuning.interpreting():
-            config = tuning.INTERPRETER_BWD
-        else:
-            key = ("bwd", patch_nums, row_bits, D, q.dtype, q.device)
-            config = tuning.pick(key, tuning.bwd_candidates(D),
-                                 lambda c: _launch_bwd(c, dout, q, k, v, lse, delta, dq, dk, dv, patch_nums,
-                                                       row_bits, softmax_scale),
-                                 options.autotune, q.device)
+    config = tuning.choose("bwd", current_options().triton_bwd, (patch_nums, row_bits, D, q.dtype, q.device),
+                           lambda c: _launch_bwd(c, dout, q, k, v, lse, delta, dq, dk, dv, patch_nums, row_bits,
+                                                 softmax_scale))
     _launch_bwd(config, dout, q, k, v, lse, delta, dq, dk, dv, patch_nums, row_bits, softmax_scale)
     return dq, dk, dv

@@ -12,6 +12,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..options import current_options
+
 
 @dataclass(frozen=True)
 class FwdConfig:
@@ -83,6 +85,19 @@ def _time_ms(run: Callable[[], None], reps: int = 10) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return sorted(times)[len(times) // 2]
+
+
+def choose(kernel: str, fixed, key: tuple, run: Callable):
+    """The config ``kernel`` ("fwd" or "bwd") runs with: ``fixed`` if set (kernel_options), the interpreter's on
+    CPU, else the autotuned one for ``key`` = (patch_nums, row_bits, D, dtype, device), timed with ``run(config)``.
+    """
+    if fixed is not None:
+        return fixed
+    if interpreting():
+        return INTERPRETER_FWD if kernel == "fwd" else INTERPRETER_BWD
+    head_dim, device = key[2], key[4]
+    candidates = fwd_candidates(head_dim) if kernel == "fwd" else bwd_candidates(head_dim)
+    return pick((kernel,) + key, candidates, run, current_options().autotune, device)
 
 
 def pick(key, candidates: Sequence, run: Callable, autotune: bool, device: torch.device):
