@@ -22,16 +22,17 @@ constexpr FwdTileSm90 fwd_tile_sm90(int head_dim, int config) {
         // 0: 2 consumer WGs, 128×128, 3 stages: 128 KB smem. S 64 + O 32 + P 32 registers fit in 240.
         // 1: 3 consumer WGs, 192×128 (FA3's D=64 shape): more rows share each K/V tile, but 160 registers
         //    per thread and more tile waste on sparse masks (1.14× vs 1.09× the exact work at 1024 px).
-        //    H100, bf16, B=4 H=16, 1024 px: block-diagonal 1.15 ms vs 1.07 for config 0; block-causal 2.15 both.
+        //    H100, bf16, B=4 H=16, 1024 px: block-diagonal 1.15-1.17 ms vs 1.07-1.08 for config 0; block-causal
+        //    2.10-2.15 vs 2.13-2.19 (within run-to-run spread).
         //    At 160 registers the mask must not hold a bit array for all its columns (300 bytes of spills).
-        // 2: config 0 with the CTA-wide epilogue (A/B of the per-warpgroup store).
+        // 2: config 0 with the CTA-wide epilogue (A/B of the per-warpgroup store: same speed at D = 64).
         return config == 0   ? FwdTileSm90{128, 128, 3, true, true, true}
                : config == 1 ? FwdTileSm90{192, 128, 2, true, true, true}
                              : FwdTileSm90{128, 128, 3, true, true, false};
     }
     // D = 128. 0: 128×128, 2 stages: 192 KB smem (3 stages would need 256 KB). S 64 + O 64 + P 32 registers.
-    // 1: the same tile without the warpgroup ping-pong barrier (H100 1024 px: within 1% of config 0).
-    // 2: config 0 with the CTA-wide epilogue.
+    // 1: the same tile without the warpgroup ping-pong barrier (H100 1024 px: within 4% of config 0 either way).
+    // 2: config 0 with the CTA-wide epilogue: 7-8% slower at 1024 px (both warpgroups wait for the slower one).
     return config == 0   ? FwdTileSm90{128, 128, 2, true, true, true}
            : config == 1 ? FwdTileSm90{128, 128, 2, true, false, true}
                          : FwdTileSm90{128, 128, 2, true, true, false};

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import HAS_CUDA, REAL_SCHEDULES, random_pattern, random_schedule
+from conftest import HAS_CUDA, REAL_SCHEDULES, check_close, random_pattern, random_schedule
 from hmar_kernels import attention, cuda, kernel_options
 from hmar_kernels.api import _plan
 from hmar_kernels.schedule import named_pattern_bits
@@ -107,7 +107,6 @@ def test_large_scores():
     ref = attention(q.double(), k.double(), v.double(), pn, "block_causal", softmax_scale=1.0,
                     backend="reference")
     base = attention(q, k, v, pn, "block_causal", softmax_scale=1.0, backend="reference")
-    from conftest import check_close
     check_close("out", out, ref, base)
 
 
