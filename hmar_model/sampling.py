@@ -7,13 +7,27 @@ scale's tokens only), logits are mixed with the unconditional half as (1 + t)·c
 ramp t = cfg·k/(K − 1), filtered in place by top-k then top-p, and sampled with ``torch.multinomial`` on the
 call's generator. HMAR then optionally refines the scale with masked-prediction passes (``mask_schedule``), and
 the scale is committed to f̂. Images are ``(decoder(f̂) + 1) / 2``.
+
+How the loop runs never changes what it computes (same seed, same tokens, bit for bit):
+
+* ``reference=True``: the plain loop, the one every other way is tested against;
+* default: the same kernels on the same values, minus what costs without computing anything: the multinomial
+  draw without its host-side input checks (two device→host syncs per draw), the guidance mix with one (B, l, V)
+  buffer instead of three, and top-k/top-p filtering in row chunks (its sort keeps values, int64 order and a
+  softmax of every logit alive). At 1024 px (n = 4096, B = 32, V = 4096) that is 3 instead of 5 fp32 logit
+  buffers of 2.1 GB at the last scale;
+* ``cuda_graphs`` (default on CUDA): that loop, every scale and refinement pass, captured once per (model,
+  batch, settings) as one CUDA graph and replayed. The small scales are launch-bound (≈ 40 kernels per block,
+  hundreds per step, for a few thousand tokens), which the replay removes. VAR gets the same treatment.
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import numbers
-from typing import Callable, Optional, Sequence
+import weakref
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -33,6 +47,13 @@ def cfg_mix(logits_2BlV: torch.Tensor, t: float) -> torch.Tensor:
     return (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
 
 
+def cfg_mix_lean(logits_2BlV: torch.Tensor, t: float) -> torch.Tensor:
+    """``cfg_mix`` with the same roundings ((1 + t)·cond, t·uncond, their difference) and one new (B, l, V) buffer
+    instead of three; scales the unconditional half of ``logits_2BlV`` in place."""
+    B = logits_2BlV.shape[0] // 2
+    return torch.mul(logits_2BlV[:B], 1 + t).sub_(logits_2BlV[B:].mul_(t))
+
+
 def filter_top_k_top_p_(logits_BlV: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """In place: −inf below the k-th largest logit (ties kept), then drop the least likely tokens whose total
     probability is ≤ 1 − top_p (the most likely token always stays). ``top_k ≤ 0`` / ``top_p ≤ 0`` disable."""
@@ -48,11 +69,46 @@ def filter_top_k_top_p_(logits_BlV: torch.Tensor, top_k: int, top_p: float) -> t
     return logits_BlV
 
 
+FILTER_CHUNK_ELEMENTS = 1 << 25  # 8192 rows of V = 4096: the sort's values, int64 order and softmax take 0.5 GB
+
+
+def filter_rows_(logits_BlV: torch.Tensor, top_k: int, top_p: float,
+                 chunk_elements: int = FILTER_CHUNK_ELEMENTS) -> torch.Tensor:
+    """``filter_top_k_top_p_`` over chunks of rows (every step is per row: the same values, less scratch memory)."""
+    rows = logits_BlV.view(-1, logits_BlV.shape[-1])
+    step = max(1, chunk_elements // rows.shape[1])
+    for r in range(0, rows.shape[0], step):
+        filter_top_k_top_p_(rows[r:r + step], top_k, top_p)
+    return logits_BlV
+
+
 def sample_tokens(logits_BlV: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
     """One multinomial draw per position, (B, l) int64."""
     B, l, V = logits_BlV.shape
     probs = logits_BlV.softmax(dim=-1).view(-1, V)
     return torch.multinomial(probs, num_samples=1, replacement=True, generator=generator).view(B, l)
+
+
+def sample_tokens_sync_free(logits_BlV: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """``sample_tokens`` without the host syncs: torch.multinomial draws one sample as argmax(p / q), q ~ Exp(1)
+    from one ``exponential_`` over the (B·l, V) probabilities, after checking p on the host (two ``.item()``
+    syncs in most versions, which also forbid CUDA-graph capture). This is that draw without the check: the same
+    generator calls, the same tokens (tests/test_model_sampling.py compares them)."""
+    B, l, V = logits_BlV.shape
+    probs = logits_BlV.softmax(dim=-1).view(-1, V)
+    q = torch.empty_like(probs).exponential_(1, generator=generator)
+    return torch.div(probs, q, out=q).argmax(dim=-1).view(B, l)
+
+
+class LoopOps(NamedTuple):
+    """The three steps whose implementation differs between the reference loop and the default one."""
+    mix: Callable[[torch.Tensor, float], torch.Tensor]
+    filter: Callable[[torch.Tensor, int, float], torch.Tensor]
+    draw: Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]
+
+
+REFERENCE_OPS = LoopOps(cfg_mix, filter_top_k_top_p_, sample_tokens)
+FAST_OPS = LoopOps(cfg_mix_lean, filter_rows_, sample_tokens_sync_free)
 
 
 def gumbel_soft_codes(filtered_logits_BlV: torch.Tensor, ratio: float, codebook_VC: torch.Tensor,
@@ -85,14 +141,16 @@ ScaleHook = Callable[..., torch.Tensor]
 
 @torch.no_grad()
 def generate(model, quantizer, label_B: torch.Tensor, *, cfg: float, top_k: int, top_p: float,
-             generator: Optional[torch.Generator], more_smooth: bool = False, scale_hook: Optional[ScaleHook] = None
-             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+             generator: Optional[torch.Generator], more_smooth: bool = False, scale_hook: Optional[ScaleHook] = None,
+             reference: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Run every scale; returns (f̂ (B, Cvae, P, P) fp32, token maps [(B, n_k)]).
 
     ``scale_hook(si, idx, filtered_logits, f_hat, cond_2BD, lvl_pos)`` may replace a scale's tokens before they
     are committed (HMAR refinement, editing); it returns (idx, refined) with refined telling whether it changed
     anything (Gumbel smoothing is then skipped for that scale, its logits no longer describe the tokens).
+    ``reference`` runs the plain ops (REFERENCE_OPS) instead of FAST_OPS: the same tokens.
     """
+    ops = REFERENCE_OPS if reference else FAST_OPS
     patch_nums, K, B = model.patch_nums, len(model.patch_nums), label_B.shape[0]
     P = patch_nums[-1]
     label_2B = torch.cat((label_B, torch.full_like(label_B, model.num_classes)))
@@ -104,9 +162,8 @@ def generate(model, quantizer, label_B: torch.Tensor, *, cfg: float, top_k: int,
     indices = []
     for si, p in enumerate(patch_nums):
         ratio = guidance_ratio(si, K)
-        logits_BlV = filter_top_k_top_p_(cfg_mix(model.next_scale_logits(tokens, cond_2BD, state), cfg * ratio),
-                                         top_k, top_p)
-        idx = sample_tokens(logits_BlV, generator)
+        logits_BlV = ops.filter(ops.mix(model.next_scale_logits(tokens, cond_2BD, state), cfg * ratio), top_k, top_p)
+        idx = ops.draw(logits_BlV, generator)
         refined = False
         if scale_hook is not None:
             idx, refined = scale_hook(si, idx, logits_BlV, f_hat, cond_2BD, lvl_pos)
@@ -125,13 +182,14 @@ def generate(model, quantizer, label_B: torch.Tensor, *, cfg: float, top_k: int,
 
 def refine(model, quantizer, si: int, idx_Bn: torch.Tensor, masked_Bn: torch.Tensor,
            remaining: Sequence[torch.Tensor], f_hat: torch.Tensor, cond_2BD: torch.Tensor, lvl_pos: torch.Tensor,
-           *, guidance: float, top_k: int, top_p: float, generator) -> torch.Tensor:
+           *, guidance: float, top_k: int, top_p: float, generator, reference: bool = False) -> torch.Tensor:
     """Masked-prediction passes over scale si of an HMAR model (f̂ holds scales < si and is not modified).
 
     Pass s re-samples the ``masked`` positions given the context ↓f̂ and the scale's unmasked tokens; then only
     the ``remaining[s][b]`` least confident of them stay masked for pass s + 1 (the last entry must be 0).
     ``guidance`` is the CFG factor t of these passes; with t = 0 the unconditional half is not computed.
     """
+    ops = REFERENCE_OPS if reference else FAST_OPS
     patch_nums, p = model.patch_nums, model.patch_nums[si]
     begin, end = model.scale_ranges[si]
     B = idx_Bn.shape[0]
@@ -141,8 +199,8 @@ def refine(model, quantizer, si: int, idx_Bn: torch.Tensor, masked_Bn: torch.Ten
         tokens = model.mask_tokens(ctx.flatten(2).transpose(1, 2), own.flatten(2).transpose(1, 2), masked_Bn)
         tokens = tokens + lvl_pos[:, begin:end]
         logits = model.mask_logits(tokens.repeat(2, 1, 1) if guidance != 0 else tokens, cond)
-        logits = filter_top_k_top_p_(cfg_mix(logits, guidance) if guidance != 0 else logits, top_k, top_p)
-        new = sample_tokens(logits, generator)
+        logits = ops.filter(ops.mix(logits, guidance) if guidance != 0 else logits, top_k, top_p)
+        new = ops.draw(logits, generator)
         idx_Bn = torch.where(masked_Bn, new, idx_Bn)
         if step == len(remaining) - 1:
             break
@@ -151,7 +209,7 @@ def refine(model, quantizer, si: int, idx_Bn: torch.Tensor, masked_Bn: torch.Ten
 
 
 def refinement_hook(model, quantizer, schedule, *, cfg: float, refine_guidance: Optional[float], top_k: int,
-                    top_p: float, generator) -> ScaleHook:
+                    top_p: float, generator, reference: bool = False) -> ScaleHook:
     """HMAR's confidence-based refinement: keep the schedule[si][0] most confident proposed tokens, then each
     masked pass finalises schedule[si][s] more."""
     guidance = cfg * OFFICIAL_REFINE_GUIDANCE_FACTOR if refine_guidance is None else refine_guidance
@@ -166,8 +224,135 @@ def refinement_hook(model, quantizer, schedule, *, cfg: float, refine_guidance: 
         masked = least_confident(probability_of(logits, idx), torch.ones_like(idx, dtype=torch.bool),
                                  full(sum(counts[1:])))
         return refine(model, quantizer, si, idx, masked, [full(c) for c in left], f_hat, cond_2BD, lvl_pos,
-                      guidance=guidance, top_k=top_k, top_p=top_p, generator=generator), True
+                      guidance=guidance, top_k=top_k, top_p=top_p, generator=generator, reference=reference), True
     return hook
+
+
+# ---- CUDA graphs of the whole loop ----
+class GraphedLoop:
+    """``loop(label_B, generator) → (f̂, token maps)`` captured once as one CUDA graph, then replayed.
+
+    Replay reads the labels from a static copy and the random stream from a private generator registered with the
+    graph: each call loads the caller's generator state into it and hands the advanced state back, so that a
+    replay draws exactly what the eager loop would (same seed, same tokens) and the caller's stream goes on as
+    after an eager call. Outputs are cloned (the next replay overwrites the captured ones).
+    """
+
+    def __init__(self, loop, label_B: torch.Tensor):
+        self.label_B = label_B.clone()
+        self.generator = torch.Generator(device=label_B.device)
+        self.graph = torch.cuda.CUDAGraph()
+        self.graph.register_generator_state(self.generator)
+        # Autocast caches the low-precision copy of every weight until its context exits. Copies made before the
+        # capture live outside the graph's memory and may be freed before a replay; copies made during it must not
+        # serve eager code after it. Clearing on both sides puts the casts inside the graph (once per replay).
+        torch.clear_autocast_cache()
+        with torch.cuda.graph(self.graph):
+            self.f_hat, self.indices = loop(self.label_B, self.generator)
+        torch.clear_autocast_cache()
+
+    def __call__(self, label_B: torch.Tensor, generator: Optional[torch.Generator]):
+        source = generator if generator is not None else torch.cuda.default_generators[label_B.device.index]
+        self.label_B.copy_(label_B)
+        self.generator.set_state(source.get_state())
+        self.graph.replay()
+        source.set_state(self.generator.get_state())
+        return self.f_hat.clone(), [idx.clone() for idx in self.indices]
+
+
+# Per model: the settings keys seen once (their first call runs eagerly and is the capture's warm-up) and the one
+# graph kept. One graph per model: a graph holds its peak activation memory (VAR: its whole KV cache) while cached.
+_GRAPHS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+_MAX_SEEN_KEYS = 64
+
+
+def release_graphs(model=None) -> None:
+    """Free the CUDA graph (and its memory pool) cached for ``model``, or for every model."""
+    if model is None:
+        _GRAPHS.clear()
+    else:
+        _GRAPHS.pop(model, None)
+
+
+def graphs_supported(device) -> bool:
+    return (torch.device(device).type == "cuda" and torch.cuda.is_available()
+            and hasattr(torch.cuda.CUDAGraph, "register_generator_state"))
+
+
+def resolve_cuda_graphs(cuda_graphs: Optional[bool], device, reference: bool) -> bool:
+    """None → on for CUDA models (unless ``reference``); True where graphs cannot run raises."""
+    if cuda_graphs is None:
+        return not reference and graphs_supported(device)
+    if cuda_graphs and reference:
+        raise ValueError("cuda_graphs=True replays the default loop but reference=True asks for the plain one; "
+                         "pass one of them")
+    if cuda_graphs and not graphs_supported(device):
+        raise ValueError(f"cuda_graphs=True needs a CUDA model and torch.cuda.CUDAGraph.register_generator_state "
+                         f"(torch {torch.__version__}); the model is on {torch.device(device)}")
+    return bool(cuda_graphs)
+
+
+def _numerics_key() -> tuple:
+    """Global switches that choose kernels: a graph replays the kernels chosen when it was captured."""
+    cuda, cudnn = torch.backends.cuda, torch.backends.cudnn
+    return (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"), cuda.matmul.allow_tf32,
+            cudnn.allow_tf32, torch.get_float32_matmul_precision(),
+            cuda.matmul.allow_bf16_reduced_precision_reduction, cuda.matmul.allow_fp16_reduced_precision_reduction,
+            cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled(), cuda.math_sdp_enabled(),
+            cuda.cudnn_sdp_enabled())
+
+
+def graph_key(model, quantizer, label_B: torch.Tensor, settings: tuple) -> tuple:
+    """What a captured loop depends on besides the values it reads at replay: settings, batch, numerics, and
+    where every weight lives (a graph reads addresses: in-place updates are seen, new tensors need a capture)."""
+    tensors = itertools.chain(model.parameters(), model.buffers(), quantizer.parameters(), quantizer.buffers())
+    return (settings, tuple(label_B.shape), label_B.device, model.training, _numerics_key(),
+            tuple((t.data_ptr(), t.dtype, tuple(t.shape)) for t in tensors))
+
+
+def _cached_graph(model, key, capture) -> Optional[GraphedLoop]:
+    """The graph for ``key``: None on its first call (run eagerly), captured on the second, then reused."""
+    entry = _GRAPHS.setdefault(model, {"seen": set(), "key": None, "graph": None})
+    if entry["key"] == key:
+        return entry["graph"]
+    if key not in entry["seen"]:
+        if len(entry["seen"]) >= _MAX_SEEN_KEYS:
+            entry["seen"].clear()
+        entry["seen"].add(key)
+        return None
+    entry.update(key=None, graph=None)  # free the previous graph's memory before capturing
+    entry.update(key=key, graph=capture())
+    return entry["graph"]
+
+
+def scale_loop(model, quantizer, label_B: torch.Tensor, *, cfg: float, top_k: int, top_p: float,
+               generator: Optional[torch.Generator], mask_schedule=None, refine_guidance: Optional[float] = None,
+               more_smooth: bool = False, cuda_graphs: Optional[bool] = None, reference: bool = False
+               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``sample`` without labels and decoder: (f̂, token maps), under the caller's no_grad / autocast.
+
+    ``mask_schedule``: a validated per-scale schedule (``resolve_mask_schedule``) or None (no refinement).
+    ``cuda_graphs``: None → on for CUDA models. The first call with given settings runs eagerly (the warm-up),
+    the second captures the loop, later ones replay it (``release_graphs`` frees it).
+    """
+    refined = mask_schedule is not None and any(len(c) > 1 for c in mask_schedule)
+
+    def loop(label_B, generator):
+        hook = None
+        if refined:
+            hook = refinement_hook(model, quantizer, mask_schedule, cfg=cfg, refine_guidance=refine_guidance,
+                                   top_k=top_k, top_p=top_p, generator=generator, reference=reference)
+        return generate(model, quantizer, label_B, cfg=cfg, top_k=top_k, top_p=top_p, generator=generator,
+                        more_smooth=more_smooth, scale_hook=hook, reference=reference)
+
+    if not resolve_cuda_graphs(cuda_graphs, label_B.device, reference):
+        return loop(label_B, generator)
+    settings = (cfg, top_k, top_p, tuple(mask_schedule) if refined else None, refine_guidance if refined else None,
+                more_smooth)
+    with torch.cuda.device(label_B.device):
+        graphed = _cached_graph(model, graph_key(model, quantizer, label_B, settings),
+                                lambda: GraphedLoop(loop, label_B))
+        return loop(label_B, generator) if graphed is None else graphed(label_B, generator)
 
 
 # ---- public entry point ----
@@ -226,7 +411,8 @@ def resolve_mask_schedule(model, mask_schedule):
 def sample(model, vqvae, labels=None, *, num_images: Optional[int] = None, cfg: float = 1.5, top_k: int = 900,
            top_p: float = 0.96, seed: Optional[int] = None, mask_schedule="default",
            refine_guidance: Optional[float] = None, more_smooth: bool = False, dtype: Optional[torch.dtype] = None,
-           decode_chunk: Optional[int] = None, return_indices: bool = False):
+           decode_chunk: Optional[int] = None, return_indices: bool = False, cuda_graphs: Optional[bool] = None,
+           reference: bool = False):
     """Class-conditional images (B, 3, R, R) in [0, 1] from VAR, HMAR-NSP or the composite HMAR model.
 
     Args:
@@ -242,19 +428,21 @@ def sample(model, vqvae, labels=None, *, num_images: Optional[int] = None, cfg: 
         dtype: None/float32, or torch.bfloat16 / torch.float16 autocast.
         decode_chunk: decode this many images at a time (bounds the decoder's memory at 1024 px).
         return_indices: also return the token maps [(B, n_k)].
+        cuda_graphs: replay the scale loop as one CUDA graph (None: on for CUDA models). The first call with given
+            settings and batch runs eagerly, the second captures; the graph stays cached with the model (one per
+            model, ``release_graphs`` frees it). Same images as without.
+        reference: the plain loop (torch.multinomial with its checks, whole-batch filtering), for comparisons.
     """
     device = model.lvl_1L.device
     if not math.isfinite(cfg):
         raise ValueError(f"cfg must be finite, got {cfg}")
     schedule = resolve_mask_schedule(model, mask_schedule)
+    resolve_cuda_graphs(cuda_graphs, device, reference)  # bad combinations fail before anything runs
     generator = make_generator(seed, device)
     label_B = labels_tensor(labels, num_images, model.num_classes, generator, device)
-    hook = None
-    if any(len(c) > 1 for c in schedule):
-        hook = refinement_hook(model, vqvae.quantize, schedule, cfg=cfg, refine_guidance=refine_guidance,
-                               top_k=top_k, top_p=top_p, generator=generator)
     with torch.no_grad(), precision_context(device, dtype):
-        f_hat, indices = generate(model, vqvae.quantize, label_B, cfg=cfg, top_k=top_k, top_p=top_p,
-                                  generator=generator, more_smooth=more_smooth, scale_hook=hook)
+        f_hat, indices = scale_loop(model, vqvae.quantize, label_B, cfg=cfg, top_k=top_k, top_p=top_p,
+                                    generator=generator, mask_schedule=schedule, refine_guidance=refine_guidance,
+                                    more_smooth=more_smooth, cuda_graphs=cuda_graphs, reference=reference)
         images = vqvae.fhat_to_img(f_hat, decode_chunk).float().add_(1).mul_(0.5)
     return (images, indices) if return_indices else images
