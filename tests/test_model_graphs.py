@@ -1,12 +1,16 @@
 """CUDA graphs of the scale loop (skipped without a GPU): the replayed loop gives the reference loop's images and
 tokens for the same seed (VAR, HMAR-NSP, HMAR with refinement; fp32 and bf16), the caller's generator goes on as
-after an eager call, the cache captures on the second call and follows batch, settings and weights."""
+after an eager call, the cache captures on the second call and follows batch, settings and weights; the default
+loop's pieces equal the reference pieces on the device at the real vocabulary size."""
+import functools
+
 import pytest
 import torch
 
 import hmar_model as hm
 from hmar_model import sampling
-from hmar_model.sampling import release_graphs, scale_loop
+from hmar_model.sampling import (filter_rows_, filter_top_k_top_p_, release_graphs, sample_tokens,
+                                 sample_tokens_sync_free, scale_loop)
 from hmar_model.tiny import randomize_, tiny_transformer, tiny_vqvae
 
 pytestmark = [pytest.mark.gpu,
@@ -31,6 +35,26 @@ def captured(model):
 def same(a, b):
     (img_a, idx_a), (img_b, idx_b) = a, b
     return torch.equal(img_a, img_b) and all(torch.equal(x, y) for x, y in zip(idx_a, idx_b))
+
+
+def test_row_chunks_filter_like_the_whole_batch_on_the_device():
+    """V = 4096 as the real models; 1200 rows take topk's multi-block path, chunks of 64 rows its one-block path
+    (both exact), sort its per-row path (V ≤ 4096)."""
+    logits = torch.randn(4, 300, 4096, device="cuda", generator=torch.Generator(device="cuda").manual_seed(0)) * 3
+    logits[0, 0, :8] = logits[0, 0, 0]
+    for k, p in ((900, 0.96), (0, 0.9), (900, 0.0), (1, 0.5)):
+        assert torch.equal(filter_rows_(logits.clone(), k, p, chunk_elements=64 * 4096),
+                           filter_top_k_top_p_(logits.clone(), k, p)), (k, p)
+
+
+@pytest.mark.parametrize("shape", [(32, 1, 4096), (4, 300, 4096), (2, 7, 64)])
+def test_sync_free_draw_is_torch_multinomial_on_the_device(shape):
+    """Holds where torch.multinomial draws one sample as argmax(p / q), q ~ Exp(1) (the installed torch)."""
+    logits = filter_top_k_top_p_(torch.randn(shape, device="cuda") * 3, 900, 0.96)
+    for seed in range(5):
+        a, b = (torch.Generator(device="cuda").manual_seed(seed) for _ in range(2))
+        assert torch.equal(sample_tokens_sync_free(logits, a), sample_tokens(logits, b))
+        assert torch.equal(a.get_state(), b.get_state())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -61,6 +85,19 @@ def test_replay_with_other_settings(models, settings):
     for _ in range(3):
         assert same(hm.sample(model, models["vqvae"], cuda_graphs=True, **kw), reference)
     assert captured(model)
+    release_graphs(model)
+
+
+def test_replay_with_filter_chunks(models, monkeypatch):
+    """Chunks of 3 rows, so that every scale > 1 token is filtered in several pieces inside the graph."""
+    monkeypatch.setattr(sampling, "FAST_OPS",
+                        sampling.FAST_OPS._replace(filter=functools.partial(filter_rows_, chunk_elements=3 * 64)))
+    model = models["hmar"]
+    kw = dict(labels=[4, 5, 6, 7, 8], cfg=1.5, top_k=10, top_p=0.95, seed=2, mask_schedule=SCHEDULE,
+              dtype=torch.bfloat16, return_indices=True)
+    reference = hm.sample(model, models["vqvae"], reference=True, **kw)
+    for _ in range(3):
+        assert same(hm.sample(model, models["vqvae"], cuda_graphs=True, **kw), reference)
     release_graphs(model)
 
 
