@@ -50,6 +50,20 @@ def random_pattern(rng: np.random.Generator, num_scales: int) -> np.ndarray:
     return matrix
 
 
+def pattern_bits(matrix) -> tuple[int, ...]:
+    """Row bitmasks (the kernels' form) of an S×S boolean matrix."""
+    return tuple(int(sum(1 << j for j in np.flatnonzero(row))) for row in np.asarray(matrix))
+
+
+def pattern_of_kind(rng: np.random.Generator, kind: int, num_scales: int) -> tuple[int, ...]:
+    """Row bitmasks of the three pattern kinds in turn: 0 block_diagonal, 1 block_causal, 2 a random matrix."""
+    from hmar_kernels.schedule import named_pattern_bits
+
+    if kind % 3 < 2:
+        return named_pattern_bits(("block_diagonal", "block_causal")[kind % 3], num_scales)
+    return pattern_bits(random_pattern(rng, num_scales))
+
+
 def check_close(name: str, out: torch.Tensor, golden: torch.Tensor, baseline: torch.Tensor):
     """Kernel error ≤ 2 × baseline error + 2 × rounding noise + an fp32 floor, after checking for NaN/inf.
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import HAS_CUDA, REAL_SCHEDULES, check_close, random_pattern, random_schedule
+from conftest import HAS_CUDA, REAL_SCHEDULES, check_close, pattern_of_kind, random_schedule
 from hmar_kernels import attention, cuda, kernel_options
 from hmar_kernels.api import _plan
 from hmar_kernels.schedule import named_pattern_bits
-from test_triton import _bits, run_and_check
+from test_triton import run_and_check
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -51,9 +51,7 @@ def test_random_schedules(seed):
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     patch_nums = random_schedule(rng, max_scales=6, max_side=20)
-    kind = seed % 3
-    row_bits = (named_pattern_bits(("block_diagonal", "block_causal")[kind], len(patch_nums)) if kind < 2
-                else _bits(random_pattern(rng, len(patch_nums))))
+    row_bits = pattern_of_kind(rng, seed, len(patch_nums))
     dtype = (torch.bfloat16, torch.float16)[seed % 2]
     head_dim = (64, 128)[(seed // 2) % 2]
     _skip_unless_built(dtype, head_dim)

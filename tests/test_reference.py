@@ -3,14 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_pattern, random_schedule
+from conftest import pattern_of_kind, random_schedule
 from hmar_kernels import attention
 from hmar_kernels.reference import reference_attention
 from hmar_kernels.schedule import dense_mask, named_pattern_bits
-
-
-def _bits(matrix):
-    return tuple(int(sum(1 << j for j in np.flatnonzero(row))) for row in matrix)
 
 
 def dense_attention(q, k, v, mask, scale):
@@ -26,9 +22,7 @@ def test_reference_matches_dense_float64(seed):
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     patch_nums = random_schedule(rng, max_scales=5, max_side=5)
-    kind = seed % 3
-    row_bits = (named_pattern_bits(("block_diagonal", "block_causal")[kind], len(patch_nums)) if kind < 2
-                else _bits(random_pattern(rng, len(patch_nums))))
+    row_bits = pattern_of_kind(rng, seed, len(patch_nums))
     length = sum(p * p for p in patch_nums)
     batch, heads, head_dim = int(rng.integers(1, 3)), int(rng.integers(1, 4)), int(rng.choice([8, 16]))
     scale = float(rng.uniform(0.1, 1.0))

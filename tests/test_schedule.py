@@ -3,15 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REAL_SCHEDULES, random_pattern, random_schedule
+from conftest import REAL_SCHEDULES, pattern_bits, pattern_of_kind, random_schedule
 from hmar_kernels.schedule import (allowed_pairs, bits_to_matrix, dense_mask, launch_order, named_pattern_bits,
                                    tile_mask)
 
 CPU = torch.device("cpu")
-
-
-def _bits(matrix):
-    return tuple(int(sum(1 << j for j in np.flatnonzero(row))) for row in matrix)
 
 
 def _expected_tiles(patch_nums, row_bits, bm, bn):
@@ -42,9 +38,7 @@ def _lists(offsets, num_full, indices, tiles):
 def test_tile_mask_matches_dense(seed, tile):
     rng = np.random.default_rng(seed)
     patch_nums = random_schedule(rng, max_scales=6, max_side=9)
-    pattern = ["block_diagonal", "block_causal", None][seed % 3]
-    row_bits = (named_pattern_bits(pattern, len(patch_nums)) if pattern
-                else _bits(random_pattern(rng, len(patch_nums))))
+    row_bits = pattern_of_kind(rng, seed, len(patch_nums))
     mask = tile_mask(patch_nums, row_bits, *tile, CPU)
     expected = _expected_tiles(patch_nums, row_bits, *tile)
     np.testing.assert_array_equal(mask.tiles, expected)
@@ -95,7 +89,7 @@ def test_launch_order_covers_every_program_once(seed):
 
 def test_bits_round_trip():
     matrix = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 1]], dtype=bool)
-    assert (bits_to_matrix(_bits(matrix)) == matrix).all()
+    assert (bits_to_matrix(pattern_bits(matrix)) == matrix).all()
     assert bits_to_matrix(named_pattern_bits("block_causal", 4)).tolist() == np.tril(np.ones((4, 4), bool)).tolist()
 
 

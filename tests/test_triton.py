@@ -7,17 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import HAS_CUDA, check_close, random_pattern, random_schedule
+from conftest import HAS_CUDA, check_close, pattern_bits, pattern_of_kind, random_schedule
 from hmar_kernels import kernel_options, ops
 from hmar_kernels.reference import reference_attention
 from hmar_kernels.schedule import named_pattern_bits
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 DTYPES = [torch.float16, torch.float32] + ([torch.bfloat16] if HAS_CUDA else [])
-
-
-def _bits(matrix):
-    return tuple(int(sum(1 << j for j in np.flatnonzero(row))) for row in matrix)
 
 
 def run_and_check(patch_nums, row_bits, batch, heads, head_dim, dtype, scale, layout="contiguous",
@@ -57,9 +53,7 @@ def test_random_schedules(seed, head_dim):
     rng = np.random.default_rng(1000 * head_dim + seed)
     torch.manual_seed(seed)
     patch_nums = random_schedule(rng, max_scales=5, max_side=7)
-    kind = seed % 3
-    row_bits = (named_pattern_bits(("block_diagonal", "block_causal")[kind], len(patch_nums)) if kind < 2
-                else _bits(random_pattern(rng, len(patch_nums))))
+    row_bits = pattern_of_kind(rng, seed, len(patch_nums))
     dtype = DTYPES[seed % len(DTYPES)]
     run_and_check(patch_nums, row_bits, batch=int(rng.integers(1, 3)), heads=int(rng.integers(1, 4)),
                   head_dim=head_dim, dtype=dtype, scale=float(rng.uniform(0.05, 0.5)))
@@ -85,11 +79,11 @@ def test_own_plus_previous_scale():
     """The S×S example from the API docs: each scale attends itself and the previous scale."""
     torch.manual_seed(5)
     matrix = np.eye(4, dtype=bool) | np.eye(4, k=-1, dtype=bool)
-    run_and_check((1, 2, 3, 5), _bits(matrix), batch=1, heads=2, head_dim=32, dtype=torch.float16, scale=0.25)
+    run_and_check((1, 2, 3, 5), pattern_bits(matrix), batch=1, heads=2, head_dim=32, dtype=torch.float16, scale=0.25)
 
 
 def test_unattended_scale_gets_zero_key_gradients():
     """A scale no query may attend has dK = dV = 0 (its programs still run and write zeros)."""
     torch.manual_seed(6)
     matrix = np.array([[1, 0, 0], [1, 0, 0], [1, 0, 1]], dtype=bool)  # nobody attends scale 1
-    run_and_check((1, 3, 4), _bits(matrix), batch=1, heads=1, head_dim=32, dtype=torch.float32, scale=0.3)
+    run_and_check((1, 3, 4), pattern_bits(matrix), batch=1, heads=1, head_dim=32, dtype=torch.float32, scale=0.3)
