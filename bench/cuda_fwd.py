@@ -19,7 +19,8 @@ import torch
 
 import hmar_kernels
 from hmar_kernels import benchmark as bm
-from hmar_kernels import cuda
+from hmar_kernels import cuda, current_options, kernel_options
+from hmar_kernels.options import CUDA_SCHEDULERS
 from hmar_kernels.reference import reference_attention
 from hmar_kernels.schedule import bits_to_matrix, named_pattern_bits, tile_mask
 
@@ -85,7 +86,7 @@ def measure(px, pattern, dtype_name, head_dim, backend, variant, reps, meta):
     flops = bm.useful_flops(pn, row_bits, batch, heads, head_dim)
     visited = ""
     if backend == "cuda":
-        mask = tile_mask(pn, row_bits, *cuda.fwd_tile(head_dim, cuda._options.config), torch.device("cpu"))
+        mask = tile_mask(pn, row_bits, *cuda.fwd_tile(head_dim, current_options().cuda_fwd_config), torch.device("cpu"))
         visited = f"{mask.visited_pairs() / mask.allowed_pairs():.3f}"
     return dict(meta, px=px, L=length, B=batch, H=heads, D=head_dim, dtype=dtype_name, pattern=pattern,
                 backend=backend, variant=variant, fwd_ms=fwd.median_ms, kernel_ms=kernel,
@@ -151,7 +152,7 @@ def main():
     for px in [] if args.dense_only else args.px:
         for pattern in ("block_diagonal", "block_causal"):
             for config in range(cuda._built()["configs"]):
-                for scheduler in cuda.SCHEDULERS if config == 0 else ("dynamic",):
+                for scheduler in CUDA_SCHEDULERS if config == 0 else ("dynamic",):
                     plan.append((px, pattern, "bf16", 64, "cuda", (config, scheduler)))
             plan.append((px, pattern, "bf16", 64, "triton", None))
             for anchor in args.anchors:
@@ -180,7 +181,7 @@ def main():
             started = time.time()
             try:
                 if variant is not None:
-                    with cuda.fwd_options(config=variant[0], scheduler=variant[1]):
+                    with kernel_options(cuda_fwd_config=variant[0], cuda_scheduler=variant[1]):
                         row = measure(px, pattern, dtype_name, head_dim, backend, name, args.reps, meta)
                 else:
                     row = measure(px, pattern, dtype_name, head_dim, backend, name, args.reps, meta)

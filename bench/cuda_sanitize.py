@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from hmar_kernels import cuda
+from hmar_kernels import cuda, kernel_options
 from hmar_kernels.reference import reference_attention
 from hmar_kernels.schedule import named_pattern_bits
 
@@ -25,7 +25,7 @@ def main():
         row_bits = named_pattern_bits(pattern, len(pn)) if isinstance(pattern, str) else pattern
         length = sum(p * p for p in pn)
         q, k, v = (torch.randn(1, 3, length, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-        with cuda.fwd_options(config=config, scheduler=scheduler):
+        with kernel_options(cuda_fwd_config=config, cuda_scheduler=scheduler):
             out, lse = cuda.forward(q, k, v, pn, row_bits, head_dim ** -0.5)
         ref, ref_lse = reference_attention(q.double(), k.double(), v.double(), pn, row_bits, head_dim ** -0.5)
         error = (out.double() - ref).abs().max().item()

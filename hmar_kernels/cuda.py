@@ -10,46 +10,17 @@ no Python loop over scales.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import functools
 import os
 
 import torch
 
+from .buffers import new_output, tma_ready
 from .options import current_options
 from .schedule import TileMask, launch_order, tile_mask
 
 JIT_ENV = "HMAR_CUDA_JIT"
 KERNEL_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-SCHEDULERS = ("dynamic", "static", "grid")
-
-
-@dataclasses.dataclass(frozen=True)
-class FwdOptions:
-    config: int = 0              # row of csrc/tile_size.h's fwd_tile_sm90 table (0: default tile)
-    scheduler: str = "dynamic"   # "dynamic": one CTA per SM claiming programs in table order (atomic counter);
-                                 # "static": one CTA per SM striding the table; "grid": one CTA per program
-
-
-_options = FwdOptions()
-
-
-@contextlib.contextmanager
-def fwd_options(**changes):
-    """Temporarily change the CUDA forward's options (benchmarks, tests): ``with fwd_options(config=1): ...``."""
-    global _options
-    saved = _options
-    _options = dataclasses.replace(_options, **changes)
-    if _options.scheduler not in SCHEDULERS:
-        _options = saved
-        raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {changes['scheduler']!r}")
-    try:
-        yield _options
-    finally:
-        _options = saved
 
 
 @functools.lru_cache(maxsize=1)
@@ -155,33 +126,20 @@ def _current_stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
-def _new(shape, dtype, device) -> torch.Tensor:
-    if current_options().poison_outputs:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _tma_ready(t: torch.Tensor) -> torch.Tensor:
-    """t itself when TMA can read it (unit stride on D, 16-byte aligned base and strides), else a contiguous copy."""
-    ok = t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(
-        s % 8 == 0 for s, n in zip(t.stride()[:-1], t.shape[:-1]) if n > 1)
-    return t if ok else t.contiguous()
-
-
 def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], softmax_scale: float):
     """q, k, v: (B, H, L, D) bf16/fp16 on an sm90 GPU → out (B, H, L, D) in q's dtype, lse (B, H, L) fp32
     (natural log; -inf for rows that see no key)."""
     ext = module()
-    q, k, v = (_tma_ready(t) for t in (q, k, v))
+    q, k, v = (tma_ready(t) for t in (q, k, v))
     B, H, L, D = q.shape
-    options = _options
-    tables = _launch_tables(patch_nums, row_bits, B * H, D, options.config, q.device)
-    out = _new((B, H, L, D), q.dtype, q.device)
-    lse = _new((B, H, L), torch.float32, q.device)
+    options = current_options()
+    tables = _launch_tables(patch_nums, row_bits, B * H, D, options.cuda_fwd_config, q.device)
+    out = new_output((B, H, L, D), q.dtype, q.device)
+    lse = new_output((B, H, L), torch.float32, q.device)
     stream = _current_stream(q.device)
-    num_ctas = tables[-1].shape[0] if options.scheduler == "grid" else 0  # 0: one CTA per SM
-    counter = _scheduler_counter(q.device, stream) if options.scheduler == "dynamic" else None
-    ext.fwd(q, k, v, out, lse, *tables, softmax_scale, options.config, num_ctas, counter, stream)
+    num_ctas = tables[-1].shape[0] if options.cuda_scheduler == "grid" else 0  # 0: one CTA per SM
+    counter = _scheduler_counter(q.device, stream) if options.cuda_scheduler == "dynamic" else None
+    ext.fwd(q, k, v, out, lse, *tables, softmax_scale, options.cuda_fwd_config, num_ctas, counter, stream)
     return out, lse
 
 

@@ -11,12 +11,22 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 
+CUDA_SCHEDULERS = ("dynamic", "static", "grid")
+
+
 @dataclass(frozen=True)
 class KernelOptions:
     triton_fwd: Optional[Any] = None  # a triton.tuning.FwdConfig: use it instead of autotuning the forward
     triton_bwd: Optional[Any] = None  # a triton.tuning.BwdConfig: likewise for the backward
     autotune: bool = True  # time the candidate configs the first time a (schedule, pattern, D, dtype) is seen
     poison_outputs: bool = False  # fill kernel outputs with NaN before the kernels write them (tests)
+    cuda_fwd_config: int = 0  # row of csrc/tile_size.h's fwd_tile_sm90 table (0: the default tile)
+    cuda_scheduler: str = "dynamic"  # "dynamic": one CTA per SM claiming programs in table order (atomic
+    # counter); "static": one CTA per SM striding the table; "grid": one CTA per program
+
+    def __post_init__(self):
+        if self.cuda_scheduler not in CUDA_SCHEDULERS:
+            raise ValueError(f"cuda_scheduler must be one of {CUDA_SCHEDULERS}, got {self.cuda_scheduler!r}")
 
 
 _current = KernelOptions()

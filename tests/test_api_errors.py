@@ -147,3 +147,9 @@ def test_auto_on_cpu_warns_once_and_uses_reference():
     messages = [str(w.message) for w in caught if "backend='auto'" in str(w.message)]
     assert len(messages) == 1 and "reference" in messages[0]
     assert torch.equal(out, attention(q, k, v, PN, backend="reference"))
+
+
+def test_bad_cuda_scheduler_option():
+    with pytest.raises(ValueError, match="cuda_scheduler must be one of"):
+        with hmar_kernels.kernel_options(cuda_scheduler="round_robin"):
+            pass

@@ -11,6 +11,7 @@ import torch
 from conftest import HAS_CUDA, REAL_SCHEDULES, check_close, pattern_of_kind, random_schedule
 from hmar_kernels import attention, cuda, kernel_options
 from hmar_kernels.api import _plan
+from hmar_kernels.options import CUDA_SCHEDULERS
 from hmar_kernels.schedule import named_pattern_bits
 from test_triton import run_and_check
 
@@ -56,7 +57,7 @@ def test_random_schedules(seed):
     head_dim = (64, 128)[(seed // 2) % 2]
     _skip_unless_built(dtype, head_dim)
     config = (seed // 4) % cuda._built()["configs"]
-    with cuda.fwd_options(config=config, scheduler=cuda.SCHEDULERS[seed % 3]):
+    with kernel_options(cuda_fwd_config=config, cuda_scheduler=CUDA_SCHEDULERS[seed % 3]):
         run_and_check(patch_nums, row_bits, batch=int(rng.integers(1, 4)), heads=int(rng.integers(1, 6)),
                       head_dim=head_dim, dtype=dtype, scale=float(rng.uniform(0.05, 0.5)), backend="cuda")
 
@@ -70,7 +71,7 @@ def test_tile_configs(config, scheduler, head_dim):
         pytest.skip("alternative tile configs were not built (HMAR_CUDA_DEV_BUILD)")
     torch.manual_seed(config)
     pn = REAL_SCHEDULES[512]
-    with cuda.fwd_options(config=config, scheduler=scheduler):
+    with kernel_options(cuda_fwd_config=config, cuda_scheduler=scheduler):
         for pattern in ("block_diagonal", "block_causal"):
             run_and_check(pn, named_pattern_bits(pattern, len(pn)), batch=2, heads=2, head_dim=head_dim,
                           dtype=torch.bfloat16, scale=0.125, backend="cuda")
@@ -112,7 +113,7 @@ def test_large_scores():
 def test_forward_bit_identical_run_to_run(scheduler):
     pn = REAL_SCHEDULES[1024]
     q, k, v = (torch.randn(2, 4, 9451, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    with cuda.fwd_options(scheduler=scheduler):
+    with kernel_options(cuda_scheduler=scheduler):
         first = cuda.forward(q, k, v, pn, named_pattern_bits("block_causal", len(pn)), 0.125)
         for _ in range(3):
             again = cuda.forward(q, k, v, pn, named_pattern_bits("block_causal", len(pn)), 0.125)

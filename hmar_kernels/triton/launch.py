@@ -7,6 +7,7 @@ import math
 import torch
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from ..buffers import new_output, tma_ready
 from ..options import current_options
 from ..schedule import TileMask, launch_order, tile_mask
 from . import tuning
@@ -30,23 +31,9 @@ def _bwd_programs(mask: TileMask, batch_heads: int) -> torch.Tensor:
     return torch.from_numpy(launch_order([4 * mask.q_visits, 3 * mask.kv_visits], batch_heads)).to(mask.device)
 
 
-def _new(shape, dtype, device) -> torch.Tensor:
-    if current_options().poison_outputs:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 def _dot_precision(dtype: torch.dtype) -> str:
     # fp32 inputs get exact fp32 products (tests hold them to fp32 accuracy); 16-bit inputs ignore the setting.
     return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def _tma_ready(t: torch.Tensor) -> torch.Tensor:
-    """t itself when TMA can read it (unit last stride, 16-byte aligned base and strides), else a contiguous copy."""
-    size = t.element_size()
-    aligned = t.data_ptr() % 16 == 0 and all((st * size) % 16 == 0 for n, st in zip(t.shape[:-1], t.stride()[:-1])
-                                             if n > 1)
-    return t if t.stride(-1) == 1 and aligned else t.contiguous()
 
 
 def _descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
@@ -73,10 +60,10 @@ def _launch_fwd(config: tuning.FwdConfig, q, k, v, out, lse, patch_nums, row_bit
 
 def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], softmax_scale: float):
     """q, k, v: (B, H, L, D) → out (B, H, L, D) in q's dtype, lse (B, H, L) fp32 natural-log units."""
-    q, k, v = (_tma_ready(t) for t in (q, k, v))
+    q, k, v = (tma_ready(t) for t in (q, k, v))
     B, H, L, D = q.shape
-    out = _new((B, H, L, D), q.dtype, q.device)
-    lse = _new((B, H, L), torch.float32, q.device)
+    out = new_output((B, H, L, D), q.dtype, q.device)
+    lse = new_output((B, H, L), torch.float32, q.device)
     if q.numel() == 0:
         return out, lse
     config = tuning.choose("fwd", current_options().triton_fwd, (patch_nums, row_bits, D, q.dtype, q.device),
@@ -105,13 +92,13 @@ def _launch_bwd(config: tuning.BwdConfig, dout, q, k, v, lse, delta, dq, dk, dv,
 def backward(dout, q, k, v, out, lse, patch_nums: tuple[int, ...], row_bits: tuple[int, ...],
              softmax_scale: float):
     """Gradients (dq, dk, dv) of ``forward``'s out, each (B, H, L, D) in its input's dtype."""
-    dout, q, k, v = (_tma_ready(t) for t in (dout, q, k, v))
+    dout, q, k, v = (tma_ready(t) for t in (dout, q, k, v))
     out = out if out.stride(-1) == 1 else out.contiguous()
     B, H, L, D = q.shape
-    delta = _new((B, H, L), torch.float32, q.device)
-    dq = _new((B, H, L, D), q.dtype, q.device)
-    dk = _new((B, H, L, D), k.dtype, q.device)
-    dv = _new((B, H, L, D), v.dtype, q.device)
+    delta = new_output((B, H, L), torch.float32, q.device)
+    dq = new_output((B, H, L, D), q.dtype, q.device)
+    dk = new_output((B, H, L, D), k.dtype, q.device)
+    dv = new_output((B, H, L, D), v.dtype, q.device)
     if q.numel() == 0:
         return dq, dk, dv
     bwd_preprocess_kernel[(math.ceil(L / PREPROCESS_BLOCK), B * H)](

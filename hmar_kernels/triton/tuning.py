@@ -6,6 +6,7 @@ CUDA events and remembers the fastest.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -36,6 +37,7 @@ INTERPRETER_FWD = FwdConfig(16, 16, 1, 1)
 INTERPRETER_BWD = BwdConfig(16, 16, 1, 1)
 
 
+@functools.lru_cache(maxsize=None)
 def fwd_candidates(head_dim: int) -> Sequence[FwdConfig]:
     """Hopper-minded forward configs, default first.
 
@@ -51,6 +53,7 @@ def fwd_candidates(head_dim: int) -> Sequence[FwdConfig]:
     return (FwdConfig(128, 64, 8, 3), FwdConfig(64, 64, 4, 3), FwdConfig(128, 32, 8, 3), FwdConfig(64, 32, 4, 3))
 
 
+@functools.lru_cache(maxsize=None)
 def bwd_candidates(head_dim: int) -> Sequence[BwdConfig]:
     """Backward configs (one TileMask for the dK/dV and the dQ programs), default first.
 

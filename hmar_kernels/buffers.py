@@ -1,0 +1,20 @@
+"""Tensors the kernel backends hand to their kernels: fresh outputs and TMA-readable inputs."""
+import torch
+
+from .options import current_options
+
+
+def new_output(shape, dtype, device) -> torch.Tensor:
+    """An uninitialised output, or one filled with NaN under kernel_options(poison_outputs=True) (tests)."""
+    if current_options().poison_outputs:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def tma_ready(t: torch.Tensor) -> torch.Tensor:
+    """t itself when TMA can read it (unit last stride, 16-byte aligned base and strides of dimensions > 1),
+    else a contiguous copy."""
+    size = t.element_size()
+    aligned = t.data_ptr() % 16 == 0 and all((st * size) % 16 == 0 for n, st in zip(t.shape[:-1], t.stride()[:-1])
+                                             if n > 1)
+    return t if t.stride(-1) == 1 and aligned else t.contiguous()
