@@ -12,9 +12,10 @@ of scale j. Kernels read it as S bitmasks, ``row_bits[i] = Σ_j allowed[i][j] <<
       1      . x .              1      x x .
       2      . . x              2      x x x
 
-``TileMask`` turns (schedule, pattern, tile shape) into the per-tile lists every kernel walks: for each Q tile,
-the KV tiles it must visit, full ones (every pair allowed, no per-element mask) first; and the transpose for
-dK/dV. It is built once per (schedule, pattern, tile shape, device) and cached.
+``TileMask`` turns (schedule, pattern, tile shape) into the per-tile lists every kernel walks. Tiles are aligned
+to the schedule rather than to a global grid: a row tile never straddles two scales, and the column tiles of a row
+tile start at the first position of each run of allowed scales. Most tiles are then full (no mask at all), and
+the rest need only a column bound. It is built once per (schedule, pattern, tile shape, device) and cached.
 """
 from __future__ import annotations
 
@@ -26,10 +27,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-# Scale levels live in int32 bitmasks; level 31 is the sentinel that kernels give out-of-range positions,
-# and no row ever allows it.
+# Patterns travel as int32 bitmasks (one per scale) through the API and its caches.
 MAX_SCALES = 31
-OUT_OF_RANGE_LEVEL = 31
 
 NAMED_PATTERNS = ("block_diagonal", "block_causal")
 
@@ -84,22 +83,52 @@ def dense_mask(patch_nums: tuple[int, ...], row_bits: tuple[int, ...], device=No
     return allowed[lvl[:, None], lvl[None, :]].to(device)
 
 
+def transpose_bits(row_bits: Sequence[int]) -> tuple[int, ...]:
+    """Bitmasks of the transposed pattern: bit i of result[j] is set iff scale i may attend scale j."""
+    s = len(row_bits)
+    return tuple(sum(((row_bits[i] >> j) & 1) << i for i in range(s)) for j in range(s))
+
+
+def allowed_runs(bits: int, starts: Sequence[int], ends: Sequence[int]) -> list[tuple[int, int]]:
+    """Maximal runs of consecutive allowed scales of one row, as position ranges [first, end)."""
+    runs, j, s = [], 0, len(starts)
+    while j < s:
+        if (bits >> j) & 1:
+            k = j
+            while k + 1 < s and (bits >> (k + 1)) & 1:
+                k += 1
+            runs.append((starts[j], ends[k]))
+            j = k + 1
+        else:
+            j += 1
+    return runs
+
+
 @dataclass(frozen=True, eq=False)
 class TileMask:
-    """Which KV tiles each Q tile visits, and which of them need the per-element mask.
+    """The tiles a kernel visits, cut along the schedule rather than on a global grid.
 
-    Q tile m covers rows [m·block_m, (m+1)·block_m) ∩ [0, L); KV tile n covers keys [n·block_n, ...) likewise.
-    A visited tile is *full* when every (row, key) pair in it is allowed and both tiles lie inside [0, L);
-    otherwise it is *partial* and the kernel masks it element by element with ``level`` and ``row_bits``.
+    *Rows* are the side a program owns (queries in the forward and for dQ; keys for dK/dV, built from the
+    transposed pattern), *columns* the side it loops over. Row r may attend the columns of its scale's allowed
+    scales; when those form one contiguous range (block-diagonal, block-causal, any banded pattern) it is
+    [row_lo[r], row_hi[r]), and row tiles may hold rows of several scales: the cuts are chosen (dynamic
+    programming) to visit the fewest column tiles, so a big scale gets tiles aligned to its own start and small
+    scales share one. Rows of a scale whose allowed columns form several runs keep tiles of their own scale, and
+    [row_lo, row_hi) is the hull of the runs.
+
+    Row tile t owns rows [row_start[t], row_end[t]) and computes block_m rows from row_start[t] (the rest are
+    dropped). It visits column tiles [col_start[e], col_start[e] + block_n) for e in col_offsets[t] :
+    col_offsets[t+1], full ones (every owned row sees every column) first. A partial tile shows column c to row r
+    iff row_lo[r] <= c < min(row_hi[r], col_end[e]); col_end is the end of the run the tile belongs to, so a tile
+    never reaches into another run, or past L.
 
     Device tensors, all int32:
-      level        (L,)      scale of each position
-      row_bits     (S,)      bit j set iff scale i may attend scale j
-      kv_offsets   (Tq+1,)   KV tiles of Q tile m are kv_indices[kv_offsets[m]:kv_offsets[m+1]], full ones first
-      kv_num_full  (Tq,)
-      kv_indices   (nnz,)
-      q_offsets, q_num_full, q_indices: the transpose (Q tiles of each KV tile), for dK/dV
-    Host copies (numpy) of the same lists back ``__repr__``, ``to_dense`` and the launch order.
+      row_lo, row_hi      (L,)      the columns each row may attend (hull of its runs)
+      row_start, row_end  (T,)      row tiles
+      col_offsets         (T+1,)    CSR offsets of the visited column tiles of each row tile
+      col_num_full        (T,)      how many of them, listed first, are full
+      col_start, col_end  (nnz,)    first column of each visited tile, end of its run
+    Host copies (numpy) of the same arrays back ``to_dense``, ``__repr__`` and the launch order.
     """
 
     patch_nums: tuple[int, ...]
@@ -108,119 +137,133 @@ class TileMask:
     block_n: int
     device: torch.device
     length: int
-    tiles: np.ndarray  # (Tq, Tk) int8: 0 skipped, 1 partial, 2 full
-    level: torch.Tensor
-    row_bits_t: torch.Tensor
-    kv_offsets: torch.Tensor
-    kv_num_full: torch.Tensor
-    kv_indices: torch.Tensor
-    q_offsets: torch.Tensor
-    q_num_full: torch.Tensor
-    q_indices: torch.Tensor
+    host: dict  # name → numpy array, one per device tensor below
+    row_lo: torch.Tensor
+    row_hi: torch.Tensor
+    row_start: torch.Tensor
+    row_end: torch.Tensor
+    col_offsets: torch.Tensor
+    col_num_full: torch.Tensor
+    col_start: torch.Tensor
+    col_end: torch.Tensor
 
     @property
-    def num_q_tiles(self) -> int:
-        return self.tiles.shape[0]
+    def num_tiles(self) -> int:
+        """Row tiles (programs per batch·head)."""
+        return len(self.host["row_start"])
 
     @property
-    def num_kv_tiles(self) -> int:
-        return self.tiles.shape[1]
+    def visits(self) -> np.ndarray:
+        """(T,) column tiles each row tile visits."""
+        return np.diff(self.host["col_offsets"])
 
-    @property
-    def kv_visits(self) -> np.ndarray:
-        """(Tq,) number of KV tiles each Q tile visits."""
-        return (self.tiles > 0).sum(1)
-
-    @property
-    def q_visits(self) -> np.ndarray:
-        """(Tk,) number of Q tiles each KV tile is visited by."""
-        return (self.tiles > 0).sum(0)
+    def num_partial(self) -> int:
+        return int(self.visits.sum() - self.host["col_num_full"].sum())
 
     def allowed_pairs(self) -> int:
         return allowed_pairs(self.patch_nums, self.row_bits)
 
     def visited_pairs(self) -> int:
-        """(query, key) pairs the kernels compute, tile padding included."""
-        return int((self.tiles > 0).sum()) * self.block_m * self.block_n
-
-    def sparsity(self) -> float:
-        """Fraction of tile pairs skipped."""
-        return float((self.tiles == 0).mean())
+        """(row, column) pairs the kernels compute, tile padding included."""
+        return int(self.visits.sum()) * self.block_m * self.block_n
 
     def to_dense(self) -> torch.Tensor:
-        """(L, L) bool mask this metadata encodes (for tests and pictures)."""
-        return dense_mask(self.patch_nums, self.row_bits)
-
-    def picture(self, max_side: int = 48) -> str:
-        """ASCII picture of the tile classes: '#' full, '+' partial, '.' skipped (rows = Q tiles)."""
-        step = max(1, -(-max(self.tiles.shape) // max_side))
-        t = self.tiles[::step, ::step]
-        return "\n".join("".join(".+#"[c] for c in row) for row in t)
+        """(L, L) bool: the (row, column) pairs the kernels let through, by the rules above (for tests)."""
+        h = self.host
+        dense = np.zeros((self.length, self.length), dtype=bool)
+        cols = np.arange(self.length)
+        for t in range(self.num_tiles):
+            for e in range(h["col_offsets"][t], h["col_offsets"][t + 1]):
+                for r in range(h["row_start"][t], h["row_end"][t]):
+                    c = cols[h["col_start"][e]:h["col_start"][e] + self.block_n]
+                    dense[r, c[(c >= h["row_lo"][r]) & (c < min(h["row_hi"][r], h["col_end"][e]))]] = True
+        return torch.from_numpy(dense)
 
     def __repr__(self) -> str:
-        full = int((self.tiles == 2).sum())
-        part = int((self.tiles == 1).sum())
         return (f"TileMask(patch_nums={self.patch_nums}, pattern={pattern_name(self.row_bits)}, L={self.length}, "
-                f"tile={self.block_m}x{self.block_n}, tiles={self.num_q_tiles}x{self.num_kv_tiles}, full={full}, "
-                f"partial={part}, sparsity={self.sparsity():.3f}, "
-                f"work/exact={self.visited_pairs() / self.allowed_pairs():.2f})\n{self.picture()}")
+                f"tile={self.block_m}x{self.block_n}, row_tiles={self.num_tiles}, visits={int(self.visits.sum())}, "
+                f"partial={self.num_partial()}, work/exact={self.visited_pairs() / self.allowed_pairs():.3f})")
 
 
-def _classify_tiles(patch_nums, row_bits, block_m, block_n) -> np.ndarray:
-    """(Tq, Tk) int8 tile classes, from scale-level rectangle counts (no L×L work)."""
-    lvl = position_levels(patch_nums)
-    length = len(lvl)
-    allowed = bits_to_matrix(row_bits).astype(np.int64)
-    # prefix[i, j] = number of allowed level pairs in allowed[:i, :j]
-    prefix = np.zeros((allowed.shape[0] + 1, allowed.shape[1] + 1), dtype=np.int64)
-    prefix[1:, 1:] = allowed.cumsum(0).cumsum(1)
-
-    def level_range(block):
-        first = np.arange(0, length, block)
-        last = np.minimum(first + block, length) - 1
-        return lvl[first], lvl[last], first + block <= length
-
-    q_lo, q_hi, q_inside = level_range(block_m)
-    k_lo, k_hi, k_inside = level_range(block_n)
-    a, b = q_lo[:, None], q_hi[:, None] + 1
-    c, d = k_lo[None, :], k_hi[None, :] + 1
-    count = prefix[b, d] - prefix[a, d] - prefix[b, c] + prefix[a, c]
-    every = count == (b - a) * (d - c)
-    tiles = np.where(count > 0, 1, 0).astype(np.int8)
-    tiles[every & q_inside[:, None] & k_inside[None, :]] = 2
-    return tiles
+def _cut_rows(lo: np.ndarray, hi: np.ndarray, first: int, last: int, block_m: int, block_n: int,
+              scale_starts: Sequence[int]) -> list[int]:
+    """Cut rows [first, last) into row tiles of at most block_m rows, visiting the fewest column tiles (each row
+    tile also costs one visit's worth of fixed work). A tile [a, b) visits ceil((max hi - min lo) / block_n)
+    column tiles. An optimal tile starts either block_m rows before its end or at a scale start (moving any
+    other start back keeps its scales and only shrinks the previous tile). Returns the cut positions."""
+    best = {first: (0, first)}  # position → (cost of rows [first, position), previous cut)
+    starts = [s for s in scale_starts if first < s < last]
+    for b in range(first + 1, last + 1):
+        candidates = {max(first, b - block_m)} | {s for s in starts if b - block_m < s < b}
+        options = []
+        for a in candidates:
+            span = int(hi[a:b].max()) - int(lo[a:b].min())
+            options.append((best[a][0] + -(-span // block_n) + 1, a))
+        best[b] = min(options)
+    cuts = [last]
+    while cuts[-1] != first:
+        cuts.append(best[cuts[-1]][1])
+    return cuts[::-1]
 
 
-def _tile_lists(tiles: np.ndarray):
-    """CSR lists of the visited columns of each row of ``tiles``, full ones first: (offsets, num_full, indices)."""
-    offsets, num_full, indices = [0], [], []
-    for row in tiles:
-        full = np.flatnonzero(row == 2)
-        part = np.flatnonzero(row == 1)
-        indices.extend(full.tolist() + part.tolist())
-        num_full.append(len(full))
-        offsets.append(len(indices))
-    return offsets, num_full, indices
+def _tile_lists(patch_nums, row_bits, block_m, block_n) -> dict:
+    """Host arrays of a TileMask (see its docstring)."""
+    starts, sizes, length = scale_bounds(patch_nums)
+    ends = [a + n for a, n in zip(starts, sizes)]
+    runs = [allowed_runs(bits, starts, ends) for bits in row_bits]
+    lo = np.repeat([r[0][0] if r else 0 for r in runs], sizes).astype(np.int64)
+    hi = np.repeat([r[-1][1] if r else 0 for r in runs], sizes).astype(np.int64)
+
+    # Row tiles: scales with one run (or none) share tiles, cut by _cut_rows; a scale with several runs is cut
+    # into block_m-row tiles from its start, and visits each run from the run's start.
+    tiles = []  # (row_start, row_end, [column tile starts], col_end per tile, full flags)
+    i = 0
+    while i < len(patch_nums):
+        if len(runs[i]) > 1:
+            for row in range(starts[i], ends[i], block_m):
+                visits = [(c, e, c + block_n <= e) for first, e in runs[i] for c in range(first, e, block_n)]
+                tiles.append((row, min(row + block_m, ends[i]), visits))
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(patch_nums) and len(runs[j + 1]) <= 1:
+            j += 1
+        cuts = _cut_rows(lo, hi, starts[i], ends[j], block_m, block_n, starts)
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            seen = hi[a:b] > lo[a:b]  # rows of scales that attend nothing do not widen the tile
+            visits = []
+            if seen.any():
+                c_lo, c_hi = int(lo[a:b][seen].min()), int(hi[a:b][seen].max())
+                full_lo = int(lo[a:b].max()) if seen.all() else c_hi
+                full_hi = int(hi[a:b].min()) if seen.all() else c_lo
+                visits = [(c, c_hi, full_lo <= c and c + block_n <= full_hi) for c in range(c_lo, c_hi, block_n)]
+            tiles.append((a, b, visits))
+        i = j + 1
+
+    row_start, row_end, offsets, num_full, col_start, col_end = [], [], [0], [], [], []
+    for a, b, visits in tiles:
+        ordered = [v for v in visits if v[2]] + [v for v in visits if not v[2]]
+        row_start.append(a)
+        row_end.append(b)
+        col_start.extend(c for c, _, _ in ordered)
+        col_end.extend(e for _, e, _ in ordered)
+        num_full.append(sum(v[2] for v in visits))
+        offsets.append(len(col_start))
+    arrays = dict(row_lo=lo, row_hi=hi, row_start=row_start, row_end=row_end, col_offsets=offsets,
+                  col_num_full=num_full, col_start=col_start, col_end=col_end)
+    return {name: np.asarray(values, dtype=np.int32) for name, values in arrays.items()}
 
 
 @functools.lru_cache(maxsize=128)
 def tile_mask(patch_nums: tuple[int, ...], row_bits: tuple[int, ...], block_m: int, block_n: int,
               device: torch.device) -> TileMask:
-    """Build (once per arguments, cached) the tile metadata of a validated schedule and pattern."""
-    tiles = _classify_tiles(patch_nums, row_bits, block_m, block_n)
-    kv = _tile_lists(tiles)
-    q = _tile_lists(tiles.T)
-
-    def dev(values):
-        return torch.tensor(values, dtype=torch.int32, device=device)
-
-    return TileMask(
-        patch_nums=patch_nums, row_bits=row_bits, block_m=block_m, block_n=block_n, device=device,
-        length=int(sum(p * p for p in patch_nums)), tiles=tiles,
-        level=dev(position_levels(patch_nums).tolist()), row_bits_t=dev(list(row_bits)),
-        kv_offsets=dev(kv[0]), kv_num_full=dev(kv[1]), kv_indices=dev(kv[2] or [0]),
-        q_offsets=dev(q[0]), q_num_full=dev(q[1]), q_indices=dev(q[2] or [0]),
-    )
+    """Build (once per arguments, cached) the tile metadata of a validated schedule and pattern. For dK/dV use
+    ``tile_mask(patch_nums, transpose_bits(row_bits), block_n, block_m, device)``: its rows are keys."""
+    host = _tile_lists(patch_nums, row_bits, block_m, block_n)
+    # Empty lists still get one entry, so that every tensor has a valid data pointer.
+    dev = {name: torch.from_numpy(a if a.size else np.zeros(1, np.int32)).to(device) for name, a in host.items()}
+    return TileMask(patch_nums=patch_nums, row_bits=row_bits, block_m=block_m, block_n=block_n, device=device,
+                    length=int(sum(p * p for p in patch_nums)), host=host, **dev)
 
 
 def launch_order(works: Sequence[np.ndarray], batch_heads: int) -> np.ndarray:

@@ -87,3 +87,27 @@ def test_unattended_scale_gets_zero_key_gradients():
     torch.manual_seed(6)
     matrix = np.array([[1, 0, 0], [1, 0, 0], [1, 0, 1]], dtype=bool)  # nobody attends scale 1
     run_and_check((1, 3, 4), pattern_bits(matrix), batch=1, heads=1, head_dim=32, dtype=torch.float32, scale=0.3)
+
+
+@pytest.mark.parametrize("tiles", [(32, 16), (16, 32)])
+@pytest.mark.parametrize("seed", range(3))
+def test_asymmetric_tiles(tiles, seed):
+    """block_m ≠ block_n: the dK/dV programs walk the transposed pattern's TileMask with the roles swapped."""
+    from hmar_kernels.triton.tuning import BwdConfig, FwdConfig
+
+    rng = np.random.default_rng(50 + seed)
+    torch.manual_seed(seed)
+    patch_nums = random_schedule(rng, max_scales=5, max_side=7)
+    row_bits = pattern_of_kind(rng, seed, len(patch_nums))
+    with kernel_options(triton_fwd=FwdConfig(*tiles, 1, 1), triton_bwd=BwdConfig(*tiles, 1, 1)):
+        run_and_check(patch_nums, row_bits, batch=1, heads=2, head_dim=32, dtype=torch.float32,
+                      scale=float(rng.uniform(0.05, 0.5)))
+
+
+def test_rows_with_several_runs():
+    """Scales whose allowed keys form several separate runs (every other scale): tiles of their own, one
+    column bound per run."""
+    torch.manual_seed(7)
+    matrix = np.array([[(i + j) % 2 == 0 for j in range(5)] for i in range(5)])
+    run_and_check((1, 2, 3, 4, 5), pattern_bits(matrix), batch=1, heads=2, head_dim=32, dtype=torch.float16,
+                  scale=0.3)

@@ -3,8 +3,9 @@
 Two launches:
 1. ``bwd_preprocess_kernel``: delta = rowsum(dO ∘ O), fp32 (B, H, L).
 2. ``attn_bwd_kernel``: every program reads (kind, tile, batch·head) from a program table ordered heaviest first.
-   kind 0 computes dK, dV of one KV tile, walking the Q tiles that see it (transposed TileMask lists);
-   kind 1 computes dQ of one Q tile, walking its KV tiles. No atomics: results are deterministic.
+   kind 0 computes dK, dV of one key tile, walking the query tiles that see it (a TileMask of the transposed
+   pattern: its rows are keys); kind 1 computes dQ of one query tile, walking its key tiles (the forward's
+   TileMask). No atomics: results are deterministic.
 
 With P = exp2(s2 - lse·log2 e), dP = dO·Vᵀ and dS = P ∘ (dP - delta):
 dV = Pᵀ·dO, dK = softmax_scale · dSᵀ·Q, dQ = softmax_scale · dS·K.
@@ -12,7 +13,7 @@ dV = Pᵀ·dO, dK = softmax_scale · dSᵀ·Q, dQ = softmax_scale · dS·K.
 import triton
 import triton.language as tl
 
-from .fwd import LOG2E, OUT_OF_RANGE_LEVEL
+from .fwd import LOG2E, store_rows, visible_columns
 
 
 @triton.jit
@@ -34,12 +35,13 @@ def bwd_preprocess_kernel(Out, DO, Delta,
 
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, k_level, desc_q, desc_do, b, h, lse_base, delta_base, level, row_bits, q_indices,
-                first, last, L, qk_scale,
+def _dkdv_tiles(dk, dv, k, v, lo, hi, desc_q, desc_do, b, h, lse_base, delta_base, col_start, col_end, first, last,
+                L, qk_scale,
                 BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Accumulate dK, dV (BLOCK_N, D) of one KV tile over Q tiles q_indices[first:last]."""
+    """Accumulate dK, dV (BLOCK_N, D) of one key tile over its query tiles first..last (lo, hi: the query range
+    each of its keys is seen by)."""
     for i in range(first, last):
-        start_m = tl.multiple_of(tl.load(q_indices + i) * BLOCK_M, BLOCK_M)
+        start_m = tl.load(col_start + i)
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q = desc_q.load([b, h, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)  # rows past L arrive as zeros
         do = desc_do.load([b, h, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
@@ -47,16 +49,13 @@ def _dkdv_tiles(dk, dv, k, v, k_level, desc_q, desc_do, b, h, lse_base, delta_ba
             row_in = offs_m < L
             lse2 = tl.load(lse_base + offs_m, mask=row_in, other=float("inf")) * LOG2E
             delta = tl.load(delta_base + offs_m, mask=row_in, other=0.0)
-        else:
+        else:  # a full tile lies inside [0, L)
             lse2 = tl.load(lse_base + offs_m) * LOG2E
             delta = tl.load(delta_base + offs_m)
         s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
         p_t = tl.math.exp2(s_t - lse2[None, :])
         if MASKED:
-            q_level = tl.load(level + offs_m, mask=row_in, other=0)
-            q_bits = tl.load(row_bits + q_level, mask=row_in, other=0)
-            visible = ((q_bits[None, :] >> k_level[:, None]) & 1) != 0
-            p_t = tl.where(visible, p_t, 0.0)
+            p_t = tl.where(visible_columns(offs_m, lo, hi, col_end + i), p_t, 0.0)
         dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         ds_t = p_t * (dp_t - delta[None, :])
@@ -65,20 +64,17 @@ def _dkdv_tiles(dk, dv, k, v, k_level, desc_q, desc_do, b, h, lse_base, delta_ba
 
 
 @triton.jit
-def _dq_tiles(dq, q, do, q_bits, lse2, delta, desc_k, desc_v, b, h, level, kv_indices, first, last, L, qk_scale,
+def _dq_tiles(dq, q, do, lo, hi, lse2, delta, desc_k, desc_v, b, h, col_start, col_end, first, last, qk_scale,
               BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Accumulate dQ (BLOCK_M, D) of one Q tile over KV tiles kv_indices[first:last]."""
+    """Accumulate dQ (BLOCK_M, D) of one query tile over its key tiles first..last."""
     for i in range(first, last):
-        start_n = tl.multiple_of(tl.load(kv_indices + i) * BLOCK_N, BLOCK_N)
+        start_n = tl.load(col_start + i)
         k = desc_k.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
         v = desc_v.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
         p = tl.math.exp2(s - lse2[:, None])
         if MASKED:
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            k_level = tl.load(level + offs_n, mask=offs_n < L, other=OUT_OF_RANGE_LEVEL)
-            visible = ((q_bits[:, None] >> k_level[None, :]) & 1) != 0
-            p = tl.where(visible, p, 0.0)
+            p = tl.where(visible_columns(start_n + tl.arange(0, BLOCK_N), lo, hi, col_end + i), p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
@@ -86,15 +82,15 @@ def _dq_tiles(dq, q, do, q_bits, lse2, delta, desc_k, desc_v, b, h, level, kv_in
 
 
 @triton.jit
-def attn_bwd_kernel(desc_q, desc_do, desc_k, desc_v, desc_dq, desc_dk, desc_dv, Lse, Delta,
-                    level, row_bits,
-                    q_offsets, q_num_full, q_indices,
-                    kv_offsets, kv_num_full, kv_indices,
+def attn_bwd_kernel(desc_q, desc_do, desc_k, desc_v, DQ, DK, DV, Lse, Delta,
+                    k_lo, k_hi, k_start, k_end, k_offsets, k_num_full, k_col_start, k_col_end,
+                    q_lo, q_hi, q_start, q_end, q_offsets, q_num_full, q_col_start, q_col_end,
                     programs, H, L, softmax_scale, qk_scale,
                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     DOT_PRECISION: tl.constexpr):
-    """One (BLOCK_M, BLOCK_N) TileMask drives both kinds of program: dK/dV of a KV tile walks its q_* lists
-    (KV tile → Q tiles), dQ of a Q tile its kv_* lists. desc_q/do/dq have BLOCK_M rows, desc_k/v/dk/dv BLOCK_N."""
+    """k_*: TileMask of the transposed pattern (rows = keys, BLOCK_N; columns = queries, BLOCK_M), for dK/dV;
+    q_*: the forward's TileMask (rows = queries, BLOCK_M; columns = keys, BLOCK_N), for dQ. desc_q/do have
+    BLOCK_M rows, desc_k/v BLOCK_N; DQ, DK, DV: contiguous (B, H, L, HEAD_DIM)."""
     pid = tl.program_id(0)
     code = tl.load(programs + 2 * pid)
     bh = tl.load(programs + 2 * pid + 1)
@@ -102,42 +98,47 @@ def attn_bwd_kernel(desc_q, desc_do, desc_k, desc_v, desc_dq, desc_dk, desc_dv, 
     tile = code & 0xFFFFFF
     b = bh // H
     h = bh % H
-    lse_base = Lse + bh.to(tl.int64) * L
-    delta_base = Delta + bh.to(tl.int64) * L
+    plane = bh.to(tl.int64) * L
+    lse_base = Lse + plane
+    delta_base = Delta + plane
 
     if kind == 0:
-        start_n = tile * BLOCK_N
+        start_n = tl.load(k_start + tile)
         offs_n = start_n + tl.arange(0, BLOCK_N)
+        key_in = offs_n < L
         k = desc_k.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
         v = desc_v.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
-        k_level = tl.load(level + offs_n, mask=offs_n < L, other=OUT_OF_RANGE_LEVEL)
+        lo = tl.load(k_lo + offs_n, mask=key_in, other=0)
+        hi = tl.load(k_hi + offs_n, mask=key_in, other=0)
         dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-        first = tl.load(q_offsets + tile)
-        split = first + tl.load(q_num_full + tile)
-        last = tl.load(q_offsets + tile + 1)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, k_level, desc_q, desc_do, b, h, lse_base, delta_base, level, row_bits,
-                             q_indices, first, split, L, qk_scale, BLOCK_M, HEAD_DIM, False, DOT_PRECISION)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, k_level, desc_q, desc_do, b, h, lse_base, delta_base, level, row_bits,
-                             q_indices, split, last, L, qk_scale, BLOCK_M, HEAD_DIM, True, DOT_PRECISION)
-        desc_dk.store([b, h, start_n, 0], (dk * softmax_scale).to(k.dtype).reshape(1, 1, BLOCK_N, HEAD_DIM))
-        desc_dv.store([b, h, start_n, 0], dv.to(v.dtype).reshape(1, 1, BLOCK_N, HEAD_DIM))
+        first = tl.load(k_offsets + tile)
+        split = first + tl.load(k_num_full + tile)
+        last = tl.load(k_offsets + tile + 1)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, lo, hi, desc_q, desc_do, b, h, lse_base, delta_base, k_col_start,
+                             k_col_end, first, split, L, qk_scale, BLOCK_M, HEAD_DIM, False, DOT_PRECISION)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, lo, hi, desc_q, desc_do, b, h, lse_base, delta_base, k_col_start,
+                             k_col_end, split, last, L, qk_scale, BLOCK_M, HEAD_DIM, True, DOT_PRECISION)
+        end_n = tl.load(k_end + tile)
+        store_rows(DK + plane * HEAD_DIM, (dk * softmax_scale).to(k.dtype), offs_n, end_n, HEAD_DIM)
+        store_rows(DV + plane * HEAD_DIM, dv.to(v.dtype), offs_n, end_n, HEAD_DIM)
     else:
-        start_m = tile * BLOCK_M
+        start_m = tl.load(q_start + tile)
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_in = offs_m < L
         q = desc_q.load([b, h, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
         do = desc_do.load([b, h, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
         lse2 = tl.load(lse_base + offs_m, mask=row_in, other=float("inf")) * LOG2E
         delta = tl.load(delta_base + offs_m, mask=row_in, other=0.0)
-        q_level = tl.load(level + offs_m, mask=row_in, other=0)
-        q_bits = tl.load(row_bits + q_level, mask=row_in, other=0)
+        lo = tl.load(q_lo + offs_m, mask=row_in, other=0)
+        hi = tl.load(q_hi + offs_m, mask=row_in, other=0)
         dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-        first = tl.load(kv_offsets + tile)
-        split = first + tl.load(kv_num_full + tile)
-        last = tl.load(kv_offsets + tile + 1)
-        dq = _dq_tiles(dq, q, do, q_bits, lse2, delta, desc_k, desc_v, b, h, level, kv_indices, first, split, L,
+        first = tl.load(q_offsets + tile)
+        split = first + tl.load(q_num_full + tile)
+        last = tl.load(q_offsets + tile + 1)
+        dq = _dq_tiles(dq, q, do, lo, hi, lse2, delta, desc_k, desc_v, b, h, q_col_start, q_col_end, first, split,
                        qk_scale, BLOCK_N, HEAD_DIM, False, DOT_PRECISION)
-        dq = _dq_tiles(dq, q, do, q_bits, lse2, delta, desc_k, desc_v, b, h, level, kv_indices, split, last, L,
+        dq = _dq_tiles(dq, q, do, lo, hi, lse2, delta, desc_k, desc_v, b, h, q_col_start, q_col_end, split, last,
                        qk_scale, BLOCK_N, HEAD_DIM, True, DOT_PRECISION)
-        desc_dq.store([b, h, start_m, 0], (dq * softmax_scale).to(q.dtype).reshape(1, 1, BLOCK_M, HEAD_DIM))
+        end_m = tl.load(q_end + tile)
+        store_rows(DQ + plane * HEAD_DIM, (dq * softmax_scale).to(q.dtype), offs_m, end_m, HEAD_DIM)

@@ -9,7 +9,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..buffers import new_output, tma_ready
 from ..options import current_options
-from ..schedule import TileMask, launch_order, tile_mask
+from ..schedule import TileMask, launch_order, tile_mask, transpose_bits
 from . import tuning
 from .bwd import attn_bwd_kernel, bwd_preprocess_kernel
 from .fwd import attn_fwd_kernel
@@ -18,17 +18,29 @@ PREPROCESS_BLOCK = 128
 LOG2E = math.log2(math.e)  # host copy of fwd.LOG2E, to fold into qk_scale
 
 
-@functools.lru_cache(maxsize=256)
-def _fwd_programs(mask: TileMask, batch_heads: int) -> torch.Tensor:
-    """Device program table of the forward (see ``launch_order``); cached per (metadata, B·H)."""
-    return torch.from_numpy(launch_order([mask.kv_visits], batch_heads)).to(mask.device)
+def _mask_tensors(mask: TileMask) -> tuple[torch.Tensor, ...]:
+    """The TileMask tensors in the kernels' argument order."""
+    return (mask.row_lo, mask.row_hi, mask.row_start, mask.row_end, mask.col_offsets, mask.col_num_full,
+            mask.col_start, mask.col_end)
 
 
 @functools.lru_cache(maxsize=256)
-def _bwd_programs(mask: TileMask, batch_heads: int) -> torch.Tensor:
-    """Device program table of the backward: kind 0 = dK/dV of a KV tile, kind 1 = dQ of a Q tile."""
+def _fwd_tables(patch_nums, row_bits, block_m, block_n, batch_heads, device) -> tuple[torch.Tensor, ...]:
+    """TileMask tensors and program table (see ``launch_order``) of a forward launch; cached."""
+    mask = tile_mask(patch_nums, row_bits, block_m, block_n, device)
+    programs = torch.from_numpy(launch_order([mask.visits], batch_heads)).to(device)
+    return (*_mask_tensors(mask), programs)
+
+
+@functools.lru_cache(maxsize=256)
+def _bwd_tables(patch_nums, row_bits, block_m, block_n, batch_heads, device) -> tuple[torch.Tensor, ...]:
+    """Tensors of a backward launch: the transposed pattern's TileMask (rows = keys, for dK/dV), the forward's
+    (for dQ), and the program table: kind 0 = dK/dV of a key tile, kind 1 = dQ of a query tile; cached."""
+    keys = tile_mask(patch_nums, transpose_bits(row_bits), block_n, block_m, device)
+    queries = tile_mask(patch_nums, row_bits, block_m, block_n, device)
     # Cost of a program ∝ inner iterations × matmuls per iteration (dK/dV: 4, dQ: 3).
-    return torch.from_numpy(launch_order([4 * mask.q_visits, 3 * mask.kv_visits], batch_heads)).to(mask.device)
+    programs = torch.from_numpy(launch_order([4 * keys.visits, 3 * queries.visits], batch_heads)).to(device)
+    return (*_mask_tensors(keys), *_mask_tensors(queries), programs)
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -46,13 +58,10 @@ def _descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
 
 def _launch_fwd(config: tuning.FwdConfig, q, k, v, out, lse, patch_nums, row_bits, softmax_scale):
     B, H, L, D = q.shape
-    mask = tile_mask(patch_nums, row_bits, config.block_m, config.block_n, q.device)
-    programs = _fwd_programs(mask, B * H)
-    attn_fwd_kernel[(programs.shape[0],)](
-        _descriptor(q, config.block_m), _descriptor(k, config.block_n), _descriptor(v, config.block_n),
-        _descriptor(out, config.block_m), lse,
-        mask.level, mask.row_bits_t, mask.kv_offsets, mask.kv_num_full, mask.kv_indices, programs,
-        H, L, softmax_scale * LOG2E,
+    tables = _fwd_tables(patch_nums, row_bits, config.block_m, config.block_n, B * H, q.device)
+    attn_fwd_kernel[(tables[-1].shape[0],)](
+        _descriptor(q, config.block_m), _descriptor(k, config.block_n), _descriptor(v, config.block_n), out, lse,
+        *tables, H, L, softmax_scale * LOG2E,
         HEAD_DIM=D, BLOCK_M=config.block_m, BLOCK_N=config.block_n, DOT_PRECISION=_dot_precision(q.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
@@ -76,14 +85,10 @@ def _launch_bwd(config: tuning.BwdConfig, dout, q, k, v, lse, delta, dq, dk, dv,
                 softmax_scale):
     B, H, L, D = q.shape
     bm, bn = config.block_m, config.block_n
-    mask = tile_mask(patch_nums, row_bits, bm, bn, q.device)
-    programs = _bwd_programs(mask, B * H)
-    attn_bwd_kernel[(programs.shape[0],)](
-        _descriptor(q, bm), _descriptor(dout, bm), _descriptor(k, bn), _descriptor(v, bn),
-        _descriptor(dq, bm), _descriptor(dk, bn), _descriptor(dv, bn), lse, delta,
-        mask.level, mask.row_bits_t, mask.q_offsets, mask.q_num_full, mask.q_indices,
-        mask.kv_offsets, mask.kv_num_full, mask.kv_indices,
-        programs, H, L, softmax_scale, softmax_scale * LOG2E,
+    tables = _bwd_tables(patch_nums, row_bits, bm, bn, B * H, q.device)
+    attn_bwd_kernel[(tables[-1].shape[0],)](
+        _descriptor(q, bm), _descriptor(dout, bm), _descriptor(k, bn), _descriptor(v, bn), dq, dk, dv, lse, delta,
+        *tables, H, L, softmax_scale, softmax_scale * LOG2E,
         HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, DOT_PRECISION=_dot_precision(q.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
