@@ -28,6 +28,8 @@ def signature(fn, dtype, head_dim, rows_of, constexprs):
             sig[name] = "constexpr"
         elif name.startswith("desc_"):
             sig[name] = f"tensordesc<{dtype}[1, 1, {rows_of(name)}, {head_dim}]>"
+        elif name in ("Out", "DQ", "DK", "DV"):
+            sig[name] = f"*{dtype}"
         elif name in ("Lse", "Delta"):
             sig[name] = "*fp32"
         elif name in ("qk_scale", "softmax_scale"):

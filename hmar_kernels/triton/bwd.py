@@ -35,11 +35,11 @@ def bwd_preprocess_kernel(Out, DO, Delta,
 
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, lo, hi, desc_q, desc_do, b, h, lse_base, delta_base, col_start, col_end, first, last,
-                L, qk_scale,
+def _dkdv_tiles(dk, dv, k, v, offs_n, row_lo, row_hi, desc_q, desc_do, b, h, lse_base, delta_base, col_start,
+                col_end, first, last, L, qk_scale,
                 BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Accumulate dK, dV (BLOCK_N, D) of one key tile over its query tiles first..last (lo, hi: the query range
-    each of its keys is seen by)."""
+    """Accumulate dK, dV (BLOCK_N, D) of the key tile at rows offs_n over its query tiles first..last (row_lo,
+    row_hi: the query range each key is seen by)."""
     for i in range(first, last):
         start_m = tl.load(col_start + i)
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -55,7 +55,7 @@ def _dkdv_tiles(dk, dv, k, v, lo, hi, desc_q, desc_do, b, h, lse_base, delta_bas
         s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
         p_t = tl.math.exp2(s_t - lse2[None, :])
         if MASKED:
-            p_t = tl.where(visible_columns(offs_m, lo, hi, col_end + i), p_t, 0.0)
+            p_t = tl.where(visible_columns(offs_n, offs_m, row_lo, row_hi, col_end + i, L), p_t, 0.0)
         dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         ds_t = p_t * (dp_t - delta[None, :])
@@ -64,7 +64,8 @@ def _dkdv_tiles(dk, dv, k, v, lo, hi, desc_q, desc_do, b, h, lse_base, delta_bas
 
 
 @triton.jit
-def _dq_tiles(dq, q, do, lo, hi, lse2, delta, desc_k, desc_v, b, h, col_start, col_end, first, last, qk_scale,
+def _dq_tiles(dq, q, do, offs_m, row_lo, row_hi, lse2, delta, desc_k, desc_v, b, h, col_start, col_end, first,
+              last, L, qk_scale,
               BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Accumulate dQ (BLOCK_M, D) of one query tile over its key tiles first..last."""
     for i in range(first, last):
@@ -74,7 +75,8 @@ def _dq_tiles(dq, q, do, lo, hi, lse2, delta, desc_k, desc_v, b, h, col_start, c
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
         p = tl.math.exp2(s - lse2[:, None])
         if MASKED:
-            p = tl.where(visible_columns(start_n + tl.arange(0, BLOCK_N), lo, hi, col_end + i), p, 0.0)
+            visible = visible_columns(offs_m, start_n + tl.arange(0, BLOCK_N), row_lo, row_hi, col_end + i, L)
+            p = tl.where(visible, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
@@ -105,20 +107,17 @@ def attn_bwd_kernel(desc_q, desc_do, desc_k, desc_v, DQ, DK, DV, Lse, Delta,
     if kind == 0:
         start_n = tl.load(k_start + tile)
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        key_in = offs_n < L
         k = desc_k.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
         v = desc_v.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
-        lo = tl.load(k_lo + offs_n, mask=key_in, other=0)
-        hi = tl.load(k_hi + offs_n, mask=key_in, other=0)
         dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
         first = tl.load(k_offsets + tile)
         split = first + tl.load(k_num_full + tile)
         last = tl.load(k_offsets + tile + 1)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, lo, hi, desc_q, desc_do, b, h, lse_base, delta_base, k_col_start,
-                             k_col_end, first, split, L, qk_scale, BLOCK_M, HEAD_DIM, False, DOT_PRECISION)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, lo, hi, desc_q, desc_do, b, h, lse_base, delta_base, k_col_start,
-                             k_col_end, split, last, L, qk_scale, BLOCK_M, HEAD_DIM, True, DOT_PRECISION)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, offs_n, k_lo, k_hi, desc_q, desc_do, b, h, lse_base, delta_base,
+                             k_col_start, k_col_end, first, split, L, qk_scale, BLOCK_M, HEAD_DIM, False, DOT_PRECISION)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, offs_n, k_lo, k_hi, desc_q, desc_do, b, h, lse_base, delta_base,
+                             k_col_start, k_col_end, split, last, L, qk_scale, BLOCK_M, HEAD_DIM, True, DOT_PRECISION)
         end_n = tl.load(k_end + tile)
         store_rows(DK + plane * HEAD_DIM, (dk * softmax_scale).to(k.dtype), offs_n, end_n, HEAD_DIM)
         store_rows(DV + plane * HEAD_DIM, dv.to(v.dtype), offs_n, end_n, HEAD_DIM)
@@ -130,15 +129,13 @@ def attn_bwd_kernel(desc_q, desc_do, desc_k, desc_v, DQ, DK, DV, Lse, Delta,
         do = desc_do.load([b, h, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
         lse2 = tl.load(lse_base + offs_m, mask=row_in, other=float("inf")) * LOG2E
         delta = tl.load(delta_base + offs_m, mask=row_in, other=0.0)
-        lo = tl.load(q_lo + offs_m, mask=row_in, other=0)
-        hi = tl.load(q_hi + offs_m, mask=row_in, other=0)
         dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
         first = tl.load(q_offsets + tile)
         split = first + tl.load(q_num_full + tile)
         last = tl.load(q_offsets + tile + 1)
-        dq = _dq_tiles(dq, q, do, lo, hi, lse2, delta, desc_k, desc_v, b, h, q_col_start, q_col_end, first, split,
-                       qk_scale, BLOCK_N, HEAD_DIM, False, DOT_PRECISION)
-        dq = _dq_tiles(dq, q, do, lo, hi, lse2, delta, desc_k, desc_v, b, h, q_col_start, q_col_end, split, last,
-                       qk_scale, BLOCK_N, HEAD_DIM, True, DOT_PRECISION)
+        dq = _dq_tiles(dq, q, do, offs_m, q_lo, q_hi, lse2, delta, desc_k, desc_v, b, h, q_col_start, q_col_end,
+                       first, split, L, qk_scale, BLOCK_N, HEAD_DIM, False, DOT_PRECISION)
+        dq = _dq_tiles(dq, q, do, offs_m, q_lo, q_hi, lse2, delta, desc_k, desc_v, b, h, q_col_start, q_col_end,
+                       split, last, L, qk_scale, BLOCK_N, HEAD_DIM, True, DOT_PRECISION)
         end_m = tl.load(q_end + tile)
         store_rows(DQ + plane * HEAD_DIM, (dq * softmax_scale).to(q.dtype), offs_m, end_m, HEAD_DIM)

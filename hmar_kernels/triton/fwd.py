@@ -21,9 +21,12 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
-def visible_columns(offs_c, lo, hi, col_end_ptr):
-    """(rows, columns) bool of a partial tile: lo[r] <= c < min(hi[r], col_end)."""
-    hi = tl.minimum(hi, tl.load(col_end_ptr))
+def visible_columns(offs_r, offs_c, row_lo, row_hi, col_end_ptr, L):
+    """(rows, columns) bool of a partial tile: row_lo[r] <= c < min(row_hi[r], col_end). The row bounds are
+    loaded here, not kept in registers across the loop: partial tiles are few."""
+    row_in = offs_r < L
+    lo = tl.load(row_lo + offs_r, mask=row_in, other=0)
+    hi = tl.minimum(tl.load(row_hi + offs_r, mask=row_in, other=0), tl.load(col_end_ptr))
     return (offs_c[None, :] >= lo[:, None]) & (offs_c[None, :] < hi[:, None])
 
 
@@ -35,7 +38,8 @@ def store_rows(ptr, values, offs_r, end, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
-def _fwd_tiles(acc, l_i, m_i, q, lo, hi, desc_k, desc_v, b, h, col_start, col_end, first, last, qk_scale,
+def _fwd_tiles(acc, l_i, m_i, q, offs_m, row_lo, row_hi, desc_k, desc_v, b, h, col_start, col_end, first, last,
+               L, qk_scale,
                BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Online-softmax update of (acc, l_i, m_i) over the column tiles first..last of the TileMask lists."""
     for i in range(first, last):
@@ -43,7 +47,8 @@ def _fwd_tiles(acc, l_i, m_i, q, lo, hi, desc_k, desc_v, b, h, col_start, col_en
         k = desc_k.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)  # rows past L arrive as zeros
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), base 2
         if MASKED:
-            s = tl.where(visible_columns(start_n + tl.arange(0, BLOCK_N), lo, hi, col_end + i), s, -float("inf"))
+            visible = visible_columns(offs_m, start_n + tl.arange(0, BLOCK_N), row_lo, row_hi, col_end + i, L)
+            s = tl.where(visible, s, -float("inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_use = tl.where(m_new == -float("inf"), 0.0, m_new)
         else:
@@ -75,10 +80,7 @@ def attn_fwd_kernel(desc_q, desc_k, desc_v, Out, Lse,
     start_m = tl.load(row_start + tile)
     end_m = tl.load(row_end + tile)
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    row_in = offs_m < L
     q = desc_q.load([b, h, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
-    lo = tl.load(row_lo + offs_m, mask=row_in, other=0)
-    hi = tl.load(row_hi + offs_m, mask=row_in, other=0)
 
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -86,10 +88,10 @@ def attn_fwd_kernel(desc_q, desc_k, desc_v, Out, Lse,
     first = tl.load(col_offsets + tile)
     split = first + tl.load(col_num_full + tile)
     last = tl.load(col_offsets + tile + 1)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, lo, hi, desc_k, desc_v, b, h, col_start, col_end, first, split,
-                               qk_scale, BLOCK_N, HEAD_DIM, False, DOT_PRECISION)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, lo, hi, desc_k, desc_v, b, h, col_start, col_end, split, last,
-                               qk_scale, BLOCK_N, HEAD_DIM, True, DOT_PRECISION)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, offs_m, row_lo, row_hi, desc_k, desc_v, b, h, col_start, col_end,
+                               first, split, L, qk_scale, BLOCK_N, HEAD_DIM, False, DOT_PRECISION)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, offs_m, row_lo, row_hi, desc_k, desc_v, b, h, col_start, col_end,
+                               split, last, L, qk_scale, BLOCK_N, HEAD_DIM, True, DOT_PRECISION)
 
     # A row with no visible key keeps l = 0: it stores O = 0 and LSE = -inf.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
