@@ -110,9 +110,8 @@ def host_overhead(rows_out):
     counter = cuda._scheduler_counter(q.device, cuda._current_stream(q.device))
     stream = cuda._current_stream(q.device)
     layers = {
-        "ext.fwd (C++ binding + launch)": lambda: ext.fwd(q, k, v, out, lse, mask.level, mask.row_bits_t,
-                                                          mask.kv_offsets, mask.kv_num_full, mask.kv_indices,
-                                                          programs, 0.125, 0, 0, counter, stream),
+        "ext.fwd (C++ binding + launch)": lambda: ext.fwd(q, k, v, out, lse, *cuda._mask_tensors(mask), programs,
+                                                          0.125, 0, 0, counter, stream),
         "cuda.forward": lambda: cuda.forward(q, k, v, pn, row_bits, 0.125),
         "ops.attention_forward (custom op)": lambda: ops.attention_forward(q, k, v, pn, row_bits, 0.125, "cuda"),
         "attention(backend=cuda)": lambda: hmar_kernels.attention(q, k, v, pn, "block_causal", backend="cuda"),

@@ -15,7 +15,10 @@ from hmar_kernels.schedule import named_pattern_bits
 CASES = [  # (patch_nums, row_bits, D, config, scheduler)
     ((1, 2, 3, 4, 5, 6, 8, 10, 13, 16), "block_causal", 64, 0, "dynamic"),
     ((1, 2, 3, 4, 5, 6, 8, 10, 13, 16), "block_diagonal", 128, 0, "static"),
-    ((1, 3, 4, 7, 12), (1, 3, 6, 13, 17), 64, 1, "grid"),
+    ((1, 3, 4, 7, 12), (1, 3, 6, 13, 17), 64, 1, "grid"),  # scale 4 attends two runs: [0, 1) and [75, 219)
+    # CTA-wide epilogue (one slab for both warpgroups); row tiles that start inside a scale and overlap the next
+    ((1, 2, 3, 4, 5, 6, 8, 10, 13, 16), "block_diagonal", 64, 2, "dynamic"),
+    ((1, 3, 4, 7, 12), (1, 3, 6, 13, 17), 128, 2, "static"),
 ]
 
 

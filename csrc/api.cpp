@@ -23,8 +23,9 @@ void check_cuda(cudaError_t status, char const* what) {
     TORCH_CHECK(status == cudaSuccess, "hmar_kernels CUDA forward: ", what, ": ", cudaGetErrorString(status));
 }
 
-// TMA reads q, k, v and writes out through tensor maps: 16-byte aligned base, unit stride on D and every other
-// stride a multiple of 16 bytes (dims of size 1 get a placeholder stride: TMA never steps along them).
+// TMA reads q, k, v through tensor maps and the epilogue writes out in 16-byte vectors: 16-byte aligned base, unit
+// stride on D and every other stride a multiple of 16 bytes (dims of size 1 get a placeholder stride: no index
+// ever steps along them).
 int64_t tma_stride(at::Tensor const& t, int dim) { return t.size(dim) == 1 ? 8 : t.stride(dim); }
 
 void check_qkv(at::Tensor const& t, char const* name, at::Tensor const& q) {
@@ -78,13 +79,14 @@ struct DeviceScope {
 
 }  // namespace
 
-// q, k, v, out: (B, H, L, D) bf16/fp16; lse: (B, H, L) fp32 contiguous. The metadata tensors come from
-// hmar_kernels.schedule.tile_mask(..., *fwd_tile(D, config)) and launch_order. num_ctas: grid size (0: one per
-// SM). counter: 2 zeroed int32 for dynamic scheduling, owned by the caller per stream (the kernel leaves them zero),
-// or None for static striding. stream: torch's current stream (cudaStream_t as an integer).
+// q, k, v, out: (B, H, L, D) bf16/fp16; lse: (B, H, L) fp32 contiguous. The metadata tensors (row_lo ... col_end)
+// come from hmar_kernels.schedule.tile_mask(..., *fwd_tile(D, config)), programs from launch_order. num_ctas: grid
+// size (0: one per SM). counter: 2 zeroed int32 for dynamic scheduling, owned by the caller per stream (the kernel
+// leaves them zero), or None for static striding. stream: torch's current stream (cudaStream_t as an integer).
 void fwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor& out, at::Tensor& lse,
-         at::Tensor const& level, at::Tensor const& row_bits, at::Tensor const& kv_offsets,
-         at::Tensor const& kv_num_full, at::Tensor const& kv_indices, at::Tensor const& programs,
+         at::Tensor const& row_lo, at::Tensor const& row_hi, at::Tensor const& row_start,
+         at::Tensor const& row_end, at::Tensor const& col_offsets, at::Tensor const& col_num_full,
+         at::Tensor const& col_start, at::Tensor const& col_end, at::Tensor const& programs,
          double softmax_scale, int64_t config, int64_t num_ctas, std::optional<at::Tensor> const& counter,
          int64_t stream) {
     TORCH_CHECK(q.is_cuda(), "q must be a CUDA tensor, got device ", q.device());
@@ -99,17 +101,23 @@ void fwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tens
                     lse.dim() == 3 && lse.size(0) == B && lse.size(1) == H && lse.size(2) == L,
                 "lse must be a contiguous fp32 (B, H, L) = (", B, ", ", H, ", ", L, ") tensor on ", q.device(),
                 ", got ", lse.scalar_type(), " ", lse.sizes());
-    for (auto [t, name] : {std::pair{&level, "level"}, {&row_bits, "row_bits"}, {&kv_offsets, "kv_offsets"},
-                           {&kv_num_full, "kv_num_full"}, {&kv_indices, "kv_indices"}, {&programs, "programs"}}) {
+    for (auto [t, name] : {std::pair{&row_lo, "row_lo"}, {&row_hi, "row_hi"}, {&row_start, "row_start"},
+                           {&row_end, "row_end"}, {&col_offsets, "col_offsets"}, {&col_num_full, "col_num_full"},
+                           {&col_start, "col_start"}, {&col_end, "col_end"}, {&programs, "programs"}}) {
         check_int32(*t, name, q);
     }
     if (counter) {
         check_int32(*counter, "counter", q);
         TORCH_CHECK(counter->numel() >= 2, "counter must hold 2 ints, got ", counter->numel());
     }
-    TORCH_CHECK(level.numel() == L, "level has ", level.numel(), " entries but L = ", L);
-    TORCH_CHECK(reinterpret_cast<uintptr_t>(level.data_ptr()) % 8 == 0, "level must be 8-byte aligned (pairs of "
-                "levels are loaded together)");
+    TORCH_CHECK(row_lo.numel() == L && row_hi.numel() == L, "row_lo and row_hi must have L = ", L,
+                " entries, got ", row_lo.numel(), " and ", row_hi.numel());
+    int64_t const T = row_start.numel();
+    TORCH_CHECK(row_end.numel() == T && col_num_full.numel() == T && col_offsets.numel() == T + 1,
+                "row_start, row_end, col_num_full must have one entry per row tile and col_offsets one more, got ",
+                T, ", ", row_end.numel(), ", ", col_num_full.numel(), ", ", col_offsets.numel());
+    TORCH_CHECK(col_end.numel() == col_start.numel(), "col_start and col_end must have the same length, got ",
+                col_start.numel(), " and ", col_end.numel());
     TORCH_CHECK(programs.dim() == 2 && programs.size(1) == 2, "programs must be (P, 2), got ", programs.sizes());
     TORCH_CHECK(B * H < (int64_t(1) << 31) && L < (int64_t(1) << 31), "B·H and L must fit in int32");
 
@@ -134,11 +142,14 @@ void fwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tens
     p.is_bf16 = q.scalar_type() == at::kBFloat16;
     p.softmax_scale = float(softmax_scale);
     p.softmax_scale_log2 = float(softmax_scale * 1.4426950408889634);
-    p.level = level.data_ptr<int>();
-    p.row_bits = row_bits.data_ptr<int>();
-    p.kv_offsets = kv_offsets.data_ptr<int>();
-    p.kv_num_full = kv_num_full.data_ptr<int>();
-    p.kv_indices = kv_indices.data_ptr<int>();
+    p.row_lo = row_lo.data_ptr<int>();
+    p.row_hi = row_hi.data_ptr<int>();
+    p.row_start = row_start.data_ptr<int>();
+    p.row_end = row_end.data_ptr<int>();
+    p.col_offsets = col_offsets.data_ptr<int>();
+    p.col_num_full = col_num_full.data_ptr<int>();
+    p.col_start = col_start.data_ptr<int>();
+    p.col_end = col_end.data_ptr<int>();
     p.programs = programs.data_ptr<int>();
     p.num_programs = int(programs.size(0));
     p.num_ctas = int(num_ctas > 0 ? num_ctas : info.sm_count);
@@ -179,8 +190,9 @@ int64_t sm_count(int64_t device) { return device_info(int(device)).sm_count; }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "hmar_kernels CUDA kernels (csrc/): block-sparse multi-scale attention, sm90a forward";
     m.def("fwd", &fwd, "sm90a block-sparse forward (writes out and lse)", py::arg("q"), py::arg("k"), py::arg("v"),
-          py::arg("out"), py::arg("lse"), py::arg("level"), py::arg("row_bits"), py::arg("kv_offsets"),
-          py::arg("kv_num_full"), py::arg("kv_indices"), py::arg("programs"), py::arg("softmax_scale"),
+          py::arg("out"), py::arg("lse"), py::arg("row_lo"), py::arg("row_hi"), py::arg("row_start"),
+          py::arg("row_end"), py::arg("col_offsets"), py::arg("col_num_full"), py::arg("col_start"),
+          py::arg("col_end"), py::arg("programs"), py::arg("softmax_scale"),
           py::arg("config"), py::arg("num_ctas"), py::arg("counter"), py::arg("stream"));
     m.def("fwd_tile", &fwd_tile, "(block_m, block_n) of the forward tile", py::arg("head_dim"), py::arg("config"));
     m.def("built", &built, "dtypes, head dims and configs compiled into this build");

@@ -26,14 +26,19 @@ struct FwdParams {
     float softmax_scale;       // multiplies q·k
     float softmax_scale_log2;  // softmax_scale · log2(e): scores go through exp2
 
-    // Tile metadata of hmar_kernels.schedule.TileMask, built with this kernel's (block_m, block_n):
-    int const* level;        // (L,) scale of each position
-    int const* row_bits;     // (S,) bit j set iff scale i may attend scale j
-    int const* kv_offsets;   // (Tq+1,) KV tiles of Q tile m: kv_indices[kv_offsets[m] : kv_offsets[m+1]]
-    int const* kv_num_full;  // (Tq,) how many of them (listed first) need no element mask
-    int const* kv_indices;
-    // Program table of hmar_kernels.schedule.launch_order: (num_programs, 2) rows (tile, batch·head), heaviest
-    // first. The persistent CTAs walk it with stride gridDim.x.
+    // Tile metadata of hmar_kernels.schedule.TileMask, built with this kernel's (block_m, block_n). Row tiles are
+    // cut along the schedule, not on a global grid:
+    int const* row_lo;        // (L,) row r may attend keys [row_lo[r], row_hi[r]) (hull of its allowed runs)
+    int const* row_hi;        // (L,)
+    int const* row_start;     // (T,) row tile t computes block_m rows from row_start[t] (any integer) and
+    int const* row_end;       // (T,) writes rows [row_start[t], row_end[t]) only
+    int const* col_offsets;   // (T+1,) column tiles of row tile t: entries [col_offsets[t], col_offsets[t+1])
+    int const* col_num_full;  // (T,) how many of them (listed first) need no element mask
+    int const* col_start;     // (nnz,) column tile e covers keys [col_start[e], col_start[e] + block_n)
+    int const* col_end;       // (nnz,) in a partial tile, key c is visible to row r iff
+                              //        row_lo[r] <= c < min(row_hi[r], col_end[e])
+    // Program table of hmar_kernels.schedule.launch_order: (num_programs, 2) rows (row tile, batch·head),
+    // heaviest first. The persistent CTAs walk it (tile_scheduler.h).
     int const* programs;
     int num_programs;
     int num_ctas;  // grid size: number of SMs for a persistent grid, num_programs for one CTA per program

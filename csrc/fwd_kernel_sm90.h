@@ -8,6 +8,7 @@
 #include <cutlass/cutlass.h>
 #include <cutlass/pipeline/pipeline.hpp>
 
+#include "mask.h"
 #include "utils.h"
 
 namespace hmar {
@@ -56,7 +57,6 @@ struct FlashAttnFwdSm90 {
             // The swizzled tiles assume a 1024-byte aligned shared-memory window.
             if (cute::cast_smem_ptr_to_uint(smem_buf) % 1024 != 0) { __trap(); }
             Mainloop::prefetch_tma_descriptors(params.mainloop);
-            Epilogue::prefetch_tma_descriptors(params.epilogue);
         }
 
         using PipelineQ = typename Mainloop::PipelineQ;
@@ -109,8 +109,9 @@ struct FlashAttnFwdSm90 {
                                                         uint32_t(FwdNamedBarriers::WorkReady));
                     if (lane == 0) {
                         auto const work = Scheduler::get(params.scheduler, w);
+                        RowTile const tile = row_tile(params.mainloop.mask, work.tile);
                         mainloop.load(params.mainloop, pipeline_q, pipeline_k, pipeline_v, q_write, kv_write,
-                                      shared.mainloop, work.m_block, work.bidh, work.bidb);
+                                      shared.mainloop, tile, work.bidh, work.bidb);
                     }
                     w = __shfl_sync(0xffffffff, next, 0);
                     if (lane == 0 && Scheduler::valid(params.scheduler, w)) {
@@ -134,21 +135,21 @@ struct FlashAttnFwdSm90 {
                                                   uint32_t(FwdNamedBarriers::WorkReady));
                 int const next = shared.next_work;
                 auto const work = Scheduler::get(params.scheduler, w);
+                RowTile const tile = row_tile(params.mainloop.mask, work.tile);
                 Tensor tOrO = partition_fragment_C(tiled_mma_pv, select<0, 2>(typename Mainloop::TileShape{}));
                 clear(tOrO);
                 typename Mainloop::Softmax softmax(params.mainloop.softmax_scale_log2);
                 mainloop.mma(params.mainloop, pipeline_q, pipeline_k, pipeline_v, q_read, kv_read, tOrO, softmax,
-                             mask, thread_idx, shared.mainloop, work.m_block);
+                             mask, thread_idx, shared.mainloop, tile);
                 float o_scale[Mainloop::Mask::kRows];
                 float lse[Mainloop::Mask::kRows];
                 softmax.finalize(params.softmax_scale, o_scale, lse);
                 Tensor tOrO_rc = make_tensor(tOrO.data(), acc_rowcol(tOrO.layout()));
                 Mainloop::Softmax::rescale(tOrO_rc, o_scale);
-                epilogue.store(params.epilogue, tOrO, lse, shared.epilogue, thread_idx, work.m_block, work.bidh,
-                               work.bidb);
+                epilogue.store(params.epilogue, tOrO, lse, shared.epilogue, thread_idx, tile.row_start, tile.row_end,
+                               work.bidh, work.bidb);
                 w = next;
             }
-            epilogue.store_tail(thread_idx);
         }
     }
 };

@@ -1,5 +1,6 @@
 // Launch template of the sm90a forward: picks the tile (tile_size.h), composes the kernel from its collectives,
-// builds the TMA descriptors and launches on the given stream. Includes only CUDA and CUTLASS/CuTe.
+// builds the TMA descriptors of Q, K, V (O is stored without TMA) and launches on the given stream. Includes only
+// CUDA and CUTLASS/CuTe.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -39,7 +40,8 @@ void run_fwd_sm90(FwdParams const& p, cudaStream_t stream) {
         make_stride(p.k_row_stride, _1{}, p.k_head_stride, p.k_batch_stride),
         make_stride(p.v_row_stride, _1{}, p.v_head_stride, p.v_batch_stride),
         p.softmax_scale_log2,
-        BlockSparseMaskParams{p.level, p.row_bits, p.kv_offsets, p.kv_num_full, p.kv_indices, p.seqlen}};
+        TileMaskParams{p.row_lo, p.row_hi, p.row_start, p.row_end, p.col_offsets, p.col_num_full, p.col_start,
+                       p.col_end, p.seqlen}};
     typename Epilogue::Arguments epilogue_args{
         static_cast<Element*>(p.out), shape, make_stride(p.o_row_stride, _1{}, p.o_head_stride, p.o_batch_stride),
         p.lse};

@@ -1,11 +1,12 @@
 // Forward mainloop collective for sm90a: TMA producer and wgmma consumers.
 //
-// Producer (one thread of warpgroup 0): for each work tile, Q by TMA into sQ (1-stage pipeline), then for each KV
-// tile listed by the mask policy, K and V by TMA into kStages-deep rings (two pipelines, so QKᵀ can start before V
-// lands). Consumers (kBlockM / 64 warpgroups, 64 query rows each): S = Q Kᵀ (SS wgmma), mask + online softmax in
-// registers, O += P V (RS wgmma, P straight from the S registers). With intra-warpgroup overlap the PV wgmma of
-// tile n-1 runs while the softmax of tile n is computed; with ping-pong, named barriers make the warpgroups take
-// turns issuing their wgmma so one warpgroup's softmax hides under the other's matrix work.
+// Producer (one thread of warpgroup 0): for each work tile, Q by TMA into sQ (1-stage pipeline; kBlockM rows from
+// the row tile's row_start, any integer), then for each column tile listed by the mask policy, K and V by TMA
+// from its col_start (any integer; TMA zero-fills rows past L) into kStages-deep rings (two pipelines, so QKᵀ can
+// start before V lands). Consumers (kBlockM / 64 warpgroups, 64 query rows each): S = Q Kᵀ (SS wgmma), mask +
+// online softmax in registers, O += P V (RS wgmma, P straight from the S registers). With intra-warpgroup overlap
+// the PV wgmma of tile n-1 runs while the softmax of tile n is computed; with ping-pong, named barriers make the
+// warpgroups take turns issuing their wgmma so one warpgroup's softmax hides under the other's matrix work.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -96,7 +97,7 @@ struct CollectiveMainloopFwdSm90 {
         ShapeQKV shape;  // (L, D, H, B)
         StrideQKV stride_q, stride_k, stride_v;
         float softmax_scale_log2;
-        BlockSparseMaskParams mask;
+        TileMaskParams mask;
     };
 
     struct Params {
@@ -105,7 +106,7 @@ struct CollectiveMainloopFwdSm90 {
         TMA_K tma_k;
         TMA_V tma_v;
         float softmax_scale_log2;
-        BlockSparseMaskParams mask;
+        TileMaskParams mask;
     };
 
     static Params to_underlying_arguments(Arguments const& args) {
@@ -132,44 +133,57 @@ struct CollectiveMainloopFwdSm90 {
         cute::prefetch_tma_descriptor(params.tma_v.get_tma_descriptor());
     }
 
+    // TMA coordinate tiles (host/device, checked by csrc/tests/layout_check.cu): Q rows [row_start, row_start +
+    // kBlockM), K rows and Vᵀ columns [key, key + kBlockN), of head bidh of batch bidb. Tiles start at any row:
+    // domain_offset moves the coordinate tensor there; TMA zero-fills what lies past L.
+    CUTE_HOST_DEVICE static auto tile_q(Params const& params, int row_start, int bidh, int bidb) {
+        Tensor mQ = params.tma_q.get_tma_tensor(params.shape)(_, _, bidh, bidb);  // (L, D)
+        return local_tile(domain_offset(make_coord(row_start, _0{}), mQ), select<0, 2>(TileShape{}),
+                          make_coord(_0{}, _0{}));  // (BM, D)
+    }
+    CUTE_HOST_DEVICE static auto tile_k(Params const& params, int key, int bidh, int bidb) {
+        Tensor mK = params.tma_k.get_tma_tensor(params.shape)(_, _, bidh, bidb);  // (L, D)
+        return local_tile(domain_offset(make_coord(key, _0{}), mK), select<1, 2>(TileShape{}),
+                          make_coord(_0{}, _0{}));  // (BN, D)
+    }
+    CUTE_HOST_DEVICE static auto tile_vt(Params const& params, int key, int bidh, int bidb) {
+        Tensor mVt = params.tma_v.get_tma_tensor(shape_vt(params.shape))(_, _, bidh, bidb);  // (D, L)
+        return local_tile(domain_offset(make_coord(_0{}, key), mVt), Shape<Int<kHeadDim>, Int<kBlockN>>{},
+                          make_coord(_0{}, _0{}));  // (D, BN)
+    }
+
     // Producer: called by one thread (the pipelines' leader) for each work tile, after it has acquired the Q
-    // buffer (pipeline_q.producer_acquire(q_write)). Q is loaded even for a tile with no KV tile to visit, so that
-    // producer and consumers step the Q pipeline together.
+    // buffer (pipeline_q.producer_acquire(q_write)). Q is loaded even for a tile with no column tile to visit, so
+    // that producer and consumers step the Q pipeline together.
     CUTLASS_DEVICE void load(Params const& params, PipelineQ& pipeline_q, PipelineKV& pipeline_k,
                              PipelineKV& pipeline_v, PipelineStateQ& q_write, PipelineStateKV& kv_write,
-                             TensorStorage& storage, int m_block, int bidh, int bidb) {
-        KvTileRange const range = kv_tile_range(params.mask, m_block);
-
+                             TensorStorage& storage, RowTile const& tile, int bidh, int bidb) {
         Tensor sQ = make_tensor(make_smem_ptr(storage.smem_q.data()), SmemLayoutQ{});
         Tensor sK = make_tensor(make_smem_ptr(storage.smem_k.data()), SmemLayoutK{});
         Tensor sVt = make_tensor(make_smem_ptr(storage.smem_v.data()), SmemLayoutVt{});
-        Tensor mQ = params.tma_q.get_tma_tensor(params.shape)(_, _, bidh, bidb);          // (L, D)
-        Tensor mK = params.tma_k.get_tma_tensor(params.shape)(_, _, bidh, bidb);          // (L, D)
-        Tensor mVt = params.tma_v.get_tma_tensor(shape_vt(params.shape))(_, _, bidh, bidb);  // (D, L)
-        Tensor gQ = local_tile(mQ, select<0, 2>(TileShape{}), make_coord(m_block, _0{}));  // (BM, D)
-        Tensor gK = local_tile(mK, select<1, 2>(TileShape{}), make_coord(_, _0{}));        // (BN, D, n)
-        Tensor gVt = local_tile(mVt, Shape<Int<kHeadDim>, Int<kBlockN>>{}, make_coord(_0{}, _));  // (D, BN, n)
-        auto [tQgQ, tQsQ] = tma_partition(params.tma_q, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
-        auto [tKgK, tKsK] = tma_partition(params.tma_k, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
-        auto [tVgV, tVsV] = tma_partition(params.tma_v, group_modes<0, 2>(sVt), group_modes<0, 2>(gVt));
-
+        auto [tQgQ, tQsQ] = tma_partition(params.tma_q, group_modes<0, 2>(sQ),
+                                          group_modes<0, 2>(tile_q(params, tile.row_start, bidh, bidb)));
         copy(params.tma_q.with(*pipeline_q.producer_get_barrier(q_write), 0, TMA::CacheHintSm90::EVICT_FIRST),
              tQgQ, tQsQ);
         ++q_write;
 
-        int const* kv_indices = params.mask.kv_indices + range.first;
-        int n_block = range.count > 0 ? kv_indices[0] : 0;
+        int const* col_start = params.mask.col_start + tile.first;
+        int key = tile.count > 0 ? col_start[0] : 0;
         CUTLASS_PRAGMA_NO_UNROLL
-        for (int i = 0; i < range.count; ++i) {
-            int const n_next = i + 1 < range.count ? kv_indices[i + 1] : 0;  // index load ahead of the wait
+        for (int i = 0; i < tile.count; ++i) {
+            int const key_next = i + 1 < tile.count ? col_start[i + 1] : 0;  // index load ahead of the wait
+            auto [tKgK, tKsK] = tma_partition(params.tma_k, group_modes<0, 2>(sK),
+                                              group_modes<0, 2>(tile_k(params, key, bidh, bidb)));
+            auto [tVgV, tVsV] = tma_partition(params.tma_v, group_modes<0, 2>(sVt),
+                                              group_modes<0, 2>(tile_vt(params, key, bidh, bidb)));
             pipeline_k.producer_acquire(kv_write);
             copy(params.tma_k.with(*pipeline_k.producer_get_barrier(kv_write), 0, TMA::CacheHintSm90::EVICT_LAST),
-                 tKgK(_, n_block), tKsK(_, kv_write.index()));
+                 tKgK, tKsK(_, kv_write.index()));
             pipeline_v.producer_acquire(kv_write);
             copy(params.tma_v.with(*pipeline_v.producer_get_barrier(kv_write), 0, TMA::CacheHintSm90::EVICT_LAST),
-                 tVgV(_, n_block), tVsV(_, kv_write.index()));
+                 tVgV, tVsV(_, kv_write.index()));
             ++kv_write;
-            n_block = n_next;
+            key = key_next;
         }
     }
 
@@ -200,21 +214,25 @@ struct CollectiveMainloopFwdSm90 {
     }
 
     // Consumers: accumulate this work tile's O (unnormalised) in tOrO and its row statistics in softmax.
-    // tOrO must be zero on entry. Returns false when the Q tile visits no KV tile.
+    // tOrO must be zero on entry. Returns false when the row tile visits no column tile.
     template <class FrgO>
     CUTLASS_DEVICE bool mma(Params const& params, PipelineQ& pipeline_q, PipelineKV& pipeline_k,
                             PipelineKV& pipeline_v, PipelineStateQ& q_read, PipelineStateKV& kv_read,
                             FrgO& tOrO, Softmax& softmax, Mask& mask, int thread_idx, TensorStorage& storage,
-                            int m_block) {
-        KvTileRange const range = kv_tile_range(params.mask, m_block);
-        if (range.count == 0) {  // nothing visible: O = 0, LSE = -inf (the epilogue writes them)
+                            RowTile const& tile) {
+        if (tile.count == 0) {  // nothing visible: O = 0, LSE = -inf (the epilogue writes them)
             pipeline_q.consumer_wait(q_read);
             pipeline_q.consumer_release(q_read);
             ++q_read;
             return false;
         }
-        int const* kv_indices = params.mask.kv_indices + range.first;
-        if (range.num_full < range.count) { mask.load_rows(m_block); }
+        int const* col_start = params.mask.col_start + tile.first;
+        int const* col_end = params.mask.col_end + tile.first;
+        if (tile.num_full < tile.count) { mask.load_rows(tile.row_start); }
+        // Key range of visit i, for the mask: loaded before the pipeline waits of that visit, used after them.
+        auto col_tile = [&](int i) {
+            return i >= tile.num_full ? ColTile{__ldg(col_start + i), __ldg(col_end + i)} : ColTile{0, 0};
+        };
 
         Tensor sQ = make_tensor(make_smem_ptr(storage.smem_q.data()), SmemLayoutQ{});
         Tensor sK = make_tensor(make_smem_ptr(storage.smem_k.data()), SmemLayoutK{});
@@ -237,9 +255,9 @@ struct CollectiveMainloopFwdSm90 {
         float o_scale[Mask::kRows];
 
         // Softmax of the S tile in registers, then P into the A-operand registers of the PV wgmma.
-        auto softmax_to_p = [&](int i) {
-            if (i >= range.num_full) {
-                mask.before_softmax(tSrS_rc, kv_indices[i]);
+        auto softmax_to_p = [&](int i, ColTile const& col) {
+            if (i >= tile.num_full) {
+                mask.before_softmax(tSrS_rc, col);
                 softmax.template step</*Check_inf=*/true>(tSrS_rc, o_scale);
             } else {
                 softmax.template step</*Check_inf=*/false>(tSrS_rc, o_scale);
@@ -252,6 +270,7 @@ struct CollectiveMainloopFwdSm90 {
                 Converter{}(*reinterpret_cast<cutlass::Array<float, N> const*>(raw_pointer_cast(tSrS.data())));
         };
 
+        ColTile const col_0 = col_tile(0);
         pipeline_q.consumer_wait(q_read);
 
         // Tile 0: S = Q K₀ᵀ, softmax, P₀.
@@ -262,13 +281,14 @@ struct CollectiveMainloopFwdSm90 {
         warpgroup_wait<0>();
         warpgroup_fence_operand(tSrS);  // keep reads of S after the wait
         pipeline_k.consumer_release(kv_read);
-        softmax_to_p(0);
+        softmax_to_p(0, col_0);
         convert_p();
 
         if constexpr (IntraWGOverlap) {
             // Step i: issue S_i = Q K_iᵀ and O += P_{i-1} V_{i-1}; softmax of S_i while the PV wgmma runs.
             CUTLASS_PRAGMA_NO_UNROLL
-            for (int i = 1; i < range.count; ++i) {
+            for (int i = 1; i < tile.count; ++i) {
+                ColTile const col = col_tile(i);
                 PipelineStateKV v_read = kv_read;
                 ++kv_read;
                 pipeline_k.consumer_wait(kv_read);
@@ -280,7 +300,7 @@ struct CollectiveMainloopFwdSm90 {
                 warpgroup_wait<1>();  // S_i is ready (groups complete in order)
                 warpgroup_fence_operand(tSrS);
                 pipeline_k.consumer_release(kv_read);
-                softmax_to_p(i);
+                softmax_to_p(i, col);
                 warpgroup_wait<0>();  // O += P_{i-1} V_{i-1} done: P registers and V_{i-1} are free
                 warpgroup_fence_operand(tOrO);
                 warpgroup_fence_operand(tOrP);
@@ -301,7 +321,8 @@ struct CollectiveMainloopFwdSm90 {
             pipeline_v.consumer_release(kv_read);
             ++kv_read;
             CUTLASS_PRAGMA_NO_UNROLL
-            for (int i = 1; i < range.count; ++i) {
+            for (int i = 1; i < tile.count; ++i) {
+                ColTile const col = col_tile(i);
                 pipeline_k.consumer_wait(kv_read);
                 scheduler_barrier_sync(wg);
                 gemm</*zero_init=*/true, /*wg_wait=*/-1>(tiled_mma_qk, tSrQ, tSrK(_, _, _, kv_read.index()), tSrS);
@@ -309,7 +330,7 @@ struct CollectiveMainloopFwdSm90 {
                 warpgroup_wait<0>();
                 warpgroup_fence_operand(tSrS);
                 pipeline_k.consumer_release(kv_read);
-                softmax_to_p(i);
+                softmax_to_p(i, col);
                 convert_p();
                 Softmax::rescale(tOrO_rc, o_scale);
                 pipeline_v.consumer_wait(kv_read);

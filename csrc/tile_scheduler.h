@@ -17,14 +17,14 @@ namespace hmar {
 
 struct PersistentTileScheduler {
     struct Params {
-        int const* programs;  // (num_programs, 2): (kind << 24 | q_tile, batch·head)
+        int const* programs;  // (num_programs, 2): (kind << 24 | row tile, batch·head)
         int num_programs;
         int heads;
         int* counter;  // 2 ints, zero before the launch (and reset by it); nullptr: static striding
     };
 
     struct WorkTile {
-        int m_block;
+        int tile;  // row tile of the TileMask
         int bidh;
         int bidb;
     };

@@ -89,16 +89,24 @@ def fwd_tile(head_dim: int, config: int) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=256)
 def _programs(mask: TileMask, batch_heads: int) -> torch.Tensor:
-    """Device program table (heaviest Q tiles first), cached per (metadata, B·H)."""
-    return torch.from_numpy(launch_order([mask.kv_visits], batch_heads)).to(mask.device)
+    """Device program table (row tiles visiting the most column tiles first), cached per (metadata, B·H)."""
+    return torch.from_numpy(launch_order([mask.visits], batch_heads)).to(mask.device)
 
 
 @functools.lru_cache(maxsize=1024)
 def _launch_tables(patch_nums, row_bits, batch_heads, head_dim, config, device) -> tuple[torch.Tensor, ...]:
     """The metadata tensors one launch reads, in ext.fwd's order (one cache lookup per call)."""
     mask = tile_mask(patch_nums, row_bits, *fwd_tile(head_dim, config), device)
-    return (mask.level, mask.row_bits_t, mask.kv_offsets, mask.kv_num_full, mask.kv_indices,
-            _programs(mask, batch_heads))
+    return (*_mask_tensors(mask), _programs(mask, batch_heads))
+
+
+# The TileMask tensors ext.fwd takes (after out and lse), in its argument order (csrc/api.cpp).
+MASK_FIELDS = ("row_lo", "row_hi", "row_start", "row_end", "col_offsets", "col_num_full", "col_start", "col_end")
+
+
+def _mask_tensors(mask: TileMask) -> tuple[torch.Tensor, ...]:
+    """The TileMask tensors ext.fwd takes, in its order."""
+    return tuple(getattr(mask, name) for name in MASK_FIELDS)
 
 
 _counters: dict = {}
