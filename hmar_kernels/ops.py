@@ -95,7 +95,10 @@ class _EagerAttention(torch.autograd.Function):
 
 def attention_op(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], softmax_scale: float,
                  backend: str) -> torch.Tensor:
-    """out (B, H, L, D) of a kernel backend: the custom op under torch.compile, the lean Function in eager."""
+    """out (B, H, L, D) of a kernel backend: the custom op under torch.compile, the lean Function in eager, the
+    backend itself when no gradient is wanted."""
     if torch.compiler.is_compiling():
         return attention_forward(q, k, v, patch_nums, row_bits, softmax_scale, backend)[0]
+    if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        return backend_module(backend).forward(q, k, v, patch_nums, row_bits, softmax_scale)[0]  # no graph needed
     return _EagerAttention.apply(q, k, v, patch_nums, row_bits, softmax_scale, backend)
