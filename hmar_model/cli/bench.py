@@ -52,6 +52,9 @@ E2E_MODELS = {"train": {"var": "hmar_model.var:build_var", "hmar": "hmar_model.h
               "infer": {"var": "hmar_model.var:build_var", "hmar": "hmar_model.hmar:build_hmar"}}
 
 def git_commit() -> str:
+    """Short hash of the checkout; HMAR_GIT_COMMIT overrides it (copies of the tree without their .git)."""
+    if os.environ.get("HMAR_GIT_COMMIT"):
+        return os.environ["HMAR_GIT_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=Path(__file__).parent).stdout.strip() or "unknown"
