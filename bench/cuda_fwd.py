@@ -110,7 +110,7 @@ def host_overhead(rows_out):
     counter = cuda._scheduler_counter(q.device, cuda._current_stream(q.device))
     stream = cuda._current_stream(q.device)
     layers = {
-        "ext.fwd (C++ binding + launch)": lambda: ext.fwd(q, k, v, out, lse, *cuda._mask_tensors(mask), programs,
+        "ext.fwd (C++ binding + launch)": lambda: ext.fwd(q, k, v, out, lse, *mask.kernel_tensors(), programs,
                                                           0.125, 0, 0, counter, stream),
         "cuda.forward": lambda: cuda.forward(q, k, v, pn, row_bits, 0.125),
         "ops.attention_forward (custom op)": lambda: ops.attention_forward(q, k, v, pn, row_bits, 0.125, "cuda"),

@@ -97,16 +97,7 @@ def _programs(mask: TileMask, batch_heads: int) -> torch.Tensor:
 def _launch_tables(patch_nums, row_bits, batch_heads, head_dim, config, device) -> tuple[torch.Tensor, ...]:
     """The metadata tensors one launch reads, in ext.fwd's order (one cache lookup per call)."""
     mask = tile_mask(patch_nums, row_bits, *fwd_tile(head_dim, config), device)
-    return (*_mask_tensors(mask), _programs(mask, batch_heads))
-
-
-# The TileMask tensors ext.fwd takes (after out and lse), in its argument order (csrc/api.cpp).
-MASK_FIELDS = ("row_lo", "row_hi", "row_start", "row_end", "col_offsets", "col_num_full", "col_start", "col_end")
-
-
-def _mask_tensors(mask: TileMask) -> tuple[torch.Tensor, ...]:
-    """The TileMask tensors ext.fwd takes, in its order."""
-    return tuple(getattr(mask, name) for name in MASK_FIELDS)
+    return (*mask.kernel_tensors(), _programs(mask, batch_heads))
 
 
 _counters: dict = {}

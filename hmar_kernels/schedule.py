@@ -147,6 +147,13 @@ class TileMask:
     col_start: torch.Tensor
     col_end: torch.Tensor
 
+    # The device tensors in the order every kernel takes them (Triton kernels, csrc/api.cpp's fwd).
+    KERNEL_FIELDS = ("row_lo", "row_hi", "row_start", "row_end", "col_offsets", "col_num_full", "col_start", "col_end")
+
+    def kernel_tensors(self) -> tuple[torch.Tensor, ...]:
+        """The device tensors, in KERNEL_FIELDS order."""
+        return tuple(getattr(self, name) for name in self.KERNEL_FIELDS)
+
     @property
     def num_tiles(self) -> int:
         """Row tiles (programs per batch·head)."""

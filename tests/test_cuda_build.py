@@ -59,15 +59,15 @@ def test_problem_says_how_to_build():
 
 
 def test_mask_tensors_follow_the_binding_order():
-    """cuda.py passes the TileMask tensors in the order of ext.fwd's arguments (csrc/api.cpp), and they are the
+    """The backends pass the TileMask tensors in the order of ext.fwd's arguments (csrc/api.cpp), and they are the
     contiguous int32 tensors the binding checks."""
-    from hmar_kernels.schedule import named_pattern_bits, tile_mask
+    from hmar_kernels.schedule import TileMask, named_pattern_bits, tile_mask
 
     binding = (ROOT / "csrc" / "api.cpp").read_text()
     names = re.findall(r'py::arg\("(\w+)"\)', binding[binding.index('m.def("fwd"'):])
-    assert tuple(names[names.index("lse") + 1:names.index("programs")]) == cuda.MASK_FIELDS
+    assert tuple(names[names.index("lse") + 1:names.index("programs")]) == TileMask.KERNEL_FIELDS
     pn = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
     mask = tile_mask(pn, named_pattern_bits("block_causal", len(pn)), 128, 128, torch.device("cpu"))
-    tensors = cuda._mask_tensors(mask)
+    tensors = mask.kernel_tensors()
     assert all(t.dtype == torch.int32 and t.is_contiguous() for t in tensors)
     assert tensors[0].numel() == tensors[1].numel() == mask.length

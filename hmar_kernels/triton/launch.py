@@ -9,7 +9,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..buffers import new_output, tma_ready
 from ..options import current_options
-from ..schedule import TileMask, launch_order, tile_mask, transpose_bits
+from ..schedule import launch_order, tile_mask, transpose_bits
 from . import tuning
 from .bwd import attn_bwd_kernel, bwd_preprocess_kernel
 from .fwd import attn_fwd_kernel
@@ -18,18 +18,12 @@ PREPROCESS_BLOCK = 128
 LOG2E = math.log2(math.e)  # host copy of fwd.LOG2E, to fold into qk_scale
 
 
-def _mask_tensors(mask: TileMask) -> tuple[torch.Tensor, ...]:
-    """The TileMask tensors in the kernels' argument order."""
-    return (mask.row_lo, mask.row_hi, mask.row_start, mask.row_end, mask.col_offsets, mask.col_num_full,
-            mask.col_start, mask.col_end)
-
-
 @functools.lru_cache(maxsize=256)
 def _fwd_tables(patch_nums, row_bits, block_m, block_n, batch_heads, device) -> tuple[torch.Tensor, ...]:
     """TileMask tensors and program table (see ``launch_order``) of a forward launch; cached."""
     mask = tile_mask(patch_nums, row_bits, block_m, block_n, device)
     programs = torch.from_numpy(launch_order([mask.visits], batch_heads)).to(device)
-    return (*_mask_tensors(mask), programs)
+    return (*mask.kernel_tensors(), programs)
 
 
 @functools.lru_cache(maxsize=256)
@@ -40,7 +34,7 @@ def _bwd_tables(patch_nums, row_bits, block_m, block_n, batch_heads, device) -> 
     queries = tile_mask(patch_nums, row_bits, block_m, block_n, device)
     # Cost of a program ∝ inner iterations × matmuls per iteration (dK/dV: 4, dQ: 3).
     programs = torch.from_numpy(launch_order([4 * keys.visits, 3 * queries.visits], batch_heads)).to(device)
-    return (*_mask_tensors(keys), *_mask_tensors(queries), programs)
+    return (*keys.kernel_tensors(), *queries.kernel_tensors(), programs)
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
