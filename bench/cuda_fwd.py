@@ -22,7 +22,7 @@ from hmar_kernels import benchmark as bm
 from hmar_kernels import cuda, current_options, kernel_options
 from hmar_kernels.options import CUDA_SCHEDULERS
 from hmar_kernels.reference import reference_attention
-from hmar_kernels.schedule import bits_to_matrix, named_pattern_bits, tile_mask
+from hmar_kernels.schedule import bits_to_matrix, forward_tables, named_pattern_bits, tile_mask
 
 SCHEDULES = {
     256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
@@ -104,13 +104,12 @@ def host_overhead(rows_out):
     q, k, v = (torch.randn(1, 1, 680, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     ext = cuda.module()
     block_m, block_n = cuda.fwd_tile(64, 0)
-    mask = tile_mask(pn, row_bits, block_m, block_n, q.device)
-    programs = cuda._programs(mask, 1)
+    tables = forward_tables(pn, row_bits, block_m, block_n, 1, q.device)
     out, lse = torch.empty_like(q), torch.empty(1, 1, 680, device="cuda")
-    counter = cuda._scheduler_counter(q.device, cuda._current_stream(q.device))
     stream = cuda._current_stream(q.device)
+    counter = cuda._scheduler_counter(q.device, stream)
     layers = {
-        "ext.fwd (C++ binding + launch)": lambda: ext.fwd(q, k, v, out, lse, *mask.kernel_tensors(), programs,
+        "ext.fwd (C++ binding + launch)": lambda: ext.fwd(q, k, v, out, lse, *tables,
                                                           0.125, 0, 0, counter, stream),
         "cuda.forward": lambda: cuda.forward(q, k, v, pn, row_bits, 0.125),
         "ops.attention_forward (custom op)": lambda: ops.attention_forward(q, k, v, pn, row_bits, 0.125, "cuda"),

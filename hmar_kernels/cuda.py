@@ -17,7 +17,7 @@ import torch
 
 from .buffers import new_output, tma_ready
 from .options import current_options
-from .schedule import TileMask, launch_order, tile_mask
+from .schedule import forward_tables
 
 JIT_ENV = "HMAR_CUDA_JIT"
 KERNEL_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -87,19 +87,6 @@ def fwd_tile(head_dim: int, config: int) -> tuple[int, int]:
     return tuple(module().fwd_tile(head_dim, config))
 
 
-@functools.lru_cache(maxsize=256)
-def _programs(mask: TileMask, batch_heads: int) -> torch.Tensor:
-    """Device program table (row tiles visiting the most column tiles first), cached per (metadata, B·H)."""
-    return torch.from_numpy(launch_order([mask.visits], batch_heads)).to(mask.device)
-
-
-@functools.lru_cache(maxsize=1024)
-def _launch_tables(patch_nums, row_bits, batch_heads, head_dim, config, device) -> tuple[torch.Tensor, ...]:
-    """The metadata tensors one launch reads, in ext.fwd's order (one cache lookup per call)."""
-    mask = tile_mask(patch_nums, row_bits, *fwd_tile(head_dim, config), device)
-    return (*mask.kernel_tensors(), _programs(mask, batch_heads))
-
-
 _counters: dict = {}
 
 
@@ -132,7 +119,7 @@ def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], sof
     q, k, v = (tma_ready(t) for t in (q, k, v))
     B, H, L, D = q.shape
     options = current_options()
-    tables = _launch_tables(patch_nums, row_bits, B * H, D, options.cuda_fwd_config, q.device)
+    tables = forward_tables(patch_nums, row_bits, *fwd_tile(D, options.cuda_fwd_config), B * H, q.device)
     out = new_output((B, H, L, D), q.dtype, q.device)
     lse = new_output((B, H, L), torch.float32, q.device)
     stream = _current_stream(q.device)

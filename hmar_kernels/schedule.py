@@ -273,6 +273,15 @@ def tile_mask(patch_nums: tuple[int, ...], row_bits: tuple[int, ...], block_m: i
                     length=int(sum(p * p for p in patch_nums)), host=host, **dev)
 
 
+@functools.lru_cache(maxsize=256)
+def forward_tables(patch_nums: tuple[int, ...], row_bits: tuple[int, ...], block_m: int, block_n: int,
+                   batch_heads: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The device tensors a forward launch reads (both backends), cached: the TileMask's ``kernel_tensors()``,
+    then the program table of ``launch_order`` over its row tiles."""
+    mask = tile_mask(patch_nums, row_bits, block_m, block_n, device)
+    return (*mask.kernel_tensors(), torch.from_numpy(launch_order([mask.visits], batch_heads)).to(device))
+
+
 def launch_order(works: Sequence[np.ndarray], batch_heads: int) -> np.ndarray:
     """Program table for a grid of (tile, batch·head) programs of one or more kinds, heaviest first.
 

@@ -9,21 +9,13 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..buffers import new_output, tma_ready
 from ..options import current_options
-from ..schedule import launch_order, tile_mask, transpose_bits
+from ..schedule import forward_tables, launch_order, tile_mask, transpose_bits
 from . import tuning
 from .bwd import attn_bwd_kernel, bwd_preprocess_kernel
 from .fwd import attn_fwd_kernel
 
 PREPROCESS_BLOCK = 128
 LOG2E = math.log2(math.e)  # host copy of fwd.LOG2E, to fold into qk_scale
-
-
-@functools.lru_cache(maxsize=256)
-def _fwd_tables(patch_nums, row_bits, block_m, block_n, batch_heads, device) -> tuple[torch.Tensor, ...]:
-    """TileMask tensors and program table (see ``launch_order``) of a forward launch; cached."""
-    mask = tile_mask(patch_nums, row_bits, block_m, block_n, device)
-    programs = torch.from_numpy(launch_order([mask.visits], batch_heads)).to(device)
-    return (*mask.kernel_tensors(), programs)
 
 
 @functools.lru_cache(maxsize=256)
@@ -52,7 +44,7 @@ def _descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
 
 def _launch_fwd(config: tuning.FwdConfig, q, k, v, out, lse, patch_nums, row_bits, softmax_scale):
     B, H, L, D = q.shape
-    tables = _fwd_tables(patch_nums, row_bits, config.block_m, config.block_n, B * H, q.device)
+    tables = forward_tables(patch_nums, row_bits, config.block_m, config.block_n, B * H, q.device)
     attn_fwd_kernel[(tables[-1].shape[0],)](
         _descriptor(q, config.block_m), _descriptor(k, config.block_n), _descriptor(v, config.block_n), out, lse,
         *tables, H, L, softmax_scale * LOG2E,
