@@ -14,6 +14,7 @@ at 256 px the host, not the GPU, bounds the step. ``attention_op`` picks the pat
 """
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Sequence
 
@@ -22,7 +23,9 @@ import torch
 _BACKEND_MODULES = {"triton": "hmar_kernels.triton.launch", "cuda": "hmar_kernels.cuda"}
 
 
+@functools.lru_cache(maxsize=None)
 def backend_module(name: str):
+    """The module of a kernel backend (imported on first use, then one cache lookup per call)."""
     return importlib.import_module(_BACKEND_MODULES[name])
 
 
