@@ -28,7 +28,6 @@ struct CollectiveEpilogueFwd {
     static constexpr int kBlockM = get<0>(TileShape{});
     static constexpr int kHeadDim = get<2>(TileShape{});
     static constexpr int NumMmaThreads = size(TiledMmaPV{});
-    static constexpr int NumMmaWarpGroups = NumMmaThreads / cutlass::NumThreadsPerWarpGroup;
     // Rows of one slab (one store), the threads that store it, and the MMA whose C layout the stmatrix copy
     // follows: one warpgroup's, or all.
     static constexpr int kStoreRows = PerWarpgroup ? 64 : kBlockM;
