@@ -45,16 +45,19 @@ def _fwd_tiles(acc, l_i, m_i, q, offs_m, row_lo, row_hi, desc_k, desc_v, b, h, c
     for i in range(first, last):
         start_n = tl.load(col_start + i)
         k = desc_k.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)  # rows past L arrive as zeros
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), base 2
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N), unscaled
         if MASKED:
             visible = visible_columns(offs_m, start_n + tl.arange(0, BLOCK_N), row_lo, row_hi, col_end + i, L)
-            s = tl.where(visible, s, -float("inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
+            qk = tl.where(visible, qk, -float("inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             m_use = tl.where(m_new == -float("inf"), 0.0, m_new)
         else:
-            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             m_use = m_new
-        p = tl.math.exp2(s - m_use[:, None])
+        # qk_scale > 0, so max(qk)·qk_scale is the max of the scaled scores, and the scaling folds into one FMA
+        # per score here instead of a multiply of the whole tile before the max (explicit: Triton may stop
+        # fusing mul + add by default).
+        p = tl.math.exp2(tl.fma(qk, qk_scale, -m_use[:, None]))
         alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = desc_v.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
@@ -64,9 +67,8 @@ def _fwd_tiles(acc, l_i, m_i, q, offs_m, row_lo, row_hi, desc_k, desc_v, b, h, c
 
 
 @triton.jit
-def attn_fwd_kernel(desc_q, desc_k, desc_v, Out, Lse,
+def attn_fwd_kernel(desc_q, desc_k, desc_v, Out, Lse, H, L, qk_scale,
                     row_lo, row_hi, row_start, row_end, col_offsets, col_num_full, col_start, col_end, programs,
-                    H, L, qk_scale,
                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     DOT_PRECISION: tl.constexpr):
     """desc_*: rank-4 TMA descriptors over (B, H, L, HEAD_DIM) tensors, blocks (1, 1, BLOCK_*, HEAD_DIM);
