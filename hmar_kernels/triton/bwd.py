@@ -84,10 +84,9 @@ def _dq_tiles(dq, q, do, offs_m, row_lo, row_hi, lse2, delta, desc_k, desc_v, b,
 
 
 @triton.jit
-def attn_bwd_kernel(desc_q, desc_do, desc_k, desc_v, DQ, DK, DV, Lse, Delta,
+def attn_bwd_kernel(desc_q, desc_do, desc_k, desc_v, DQ, DK, DV, Lse, Delta, H, L, softmax_scale, qk_scale,
                     k_lo, k_hi, k_start, k_end, k_offsets, k_num_full, k_col_start, k_col_end,
-                    q_lo, q_hi, q_start, q_end, q_offsets, q_num_full, q_col_start, q_col_end,
-                    programs, H, L, softmax_scale, qk_scale,
+                    q_lo, q_hi, q_start, q_end, q_offsets, q_num_full, q_col_start, q_col_end, programs,
                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     DOT_PRECISION: tl.constexpr):
     """k_*: TileMask of the transposed pattern (rows = keys, BLOCK_N; columns = queries, BLOCK_M), for dK/dV;

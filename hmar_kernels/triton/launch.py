@@ -5,7 +5,6 @@ import functools
 import math
 
 import torch
-from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..buffers import new_output, tma_ready
 from ..options import current_options
@@ -13,20 +12,29 @@ from ..schedule import forward_tables, launch_order, tile_mask, transpose_bits
 from . import tuning
 from .bwd import attn_bwd_kernel, bwd_preprocess_kernel
 from .fwd import attn_fwd_kernel
+from .launcher import CachedLaunch, LaunchTables, descriptor
 
 PREPROCESS_BLOCK = 128
 LOG2E = math.log2(math.e)  # host copy of fwd.LOG2E, to fold into qk_scale
+_fwd = CachedLaunch(attn_fwd_kernel)
+_bwd = CachedLaunch(attn_bwd_kernel)
+_preprocess = CachedLaunch(bwd_preprocess_kernel)
 
 
 @functools.lru_cache(maxsize=256)
-def _bwd_tables(patch_nums, row_bits, block_m, block_n, batch_heads, device) -> tuple[torch.Tensor, ...]:
+def _fwd_tables(patch_nums, row_bits, block_m, block_n, batch_heads, device) -> LaunchTables:
+    return LaunchTables(forward_tables(patch_nums, row_bits, block_m, block_n, batch_heads, device))
+
+
+@functools.lru_cache(maxsize=256)
+def _bwd_tables(patch_nums, row_bits, block_m, block_n, batch_heads, device) -> LaunchTables:
     """Tensors of a backward launch: the transposed pattern's TileMask (rows = keys, for dK/dV), the forward's
     (for dQ), and the program table: kind 0 = dK/dV of a key tile, kind 1 = dQ of a query tile; cached."""
     keys = tile_mask(patch_nums, transpose_bits(row_bits), block_n, block_m, device)
     queries = tile_mask(patch_nums, row_bits, block_m, block_n, device)
     # Cost of a program ∝ inner iterations × matmuls per iteration (dK/dV: 4, dQ: 3).
     programs = torch.from_numpy(launch_order([4 * keys.visits, 3 * queries.visits], batch_heads)).to(device)
-    return (*keys.kernel_tensors(), *queries.kernel_tensors(), programs)
+    return LaunchTables((*keys.kernel_tensors(), *queries.kernel_tensors(), programs))
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -34,23 +42,13 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
-    """Rank-4 TMA descriptor over a (B, H, L, D) tensor, blocks of (1, 1, rows, D)."""
-    # A size-1 dimension may carry any stride; give it one TMA accepts (its index is always 0).
-    strides = [st if n > 1 else t.shape[-1] for n, st in zip(t.shape, t.stride())]
-    strides[-1] = 1
-    return TensorDescriptor(t, list(t.shape), strides, [1, 1, rows, t.shape[-1]])
-
-
 def _launch_fwd(config: tuning.FwdConfig, q, k, v, out, lse, patch_nums, row_bits, softmax_scale):
     B, H, L, D = q.shape
-    tables = forward_tables(patch_nums, row_bits, config.block_m, config.block_n, B * H, q.device)
-    attn_fwd_kernel[(tables[-1].shape[0],)](
-        _descriptor(q, config.block_m), _descriptor(k, config.block_n), _descriptor(v, config.block_n), out, lse,
-        *tables, H, L, softmax_scale * LOG2E,
-        HEAD_DIM=D, BLOCK_M=config.block_m, BLOCK_N=config.block_n, DOT_PRECISION=_dot_precision(q.dtype),
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )
+    tables = _fwd_tables(patch_nums, row_bits, config.block_m, config.block_n, B * H, q.device)
+    _fwd((tables.programs, 1, 1),
+         [descriptor(q, config.block_m), descriptor(k, config.block_n), descriptor(v, config.block_n), out, lse,
+          H, L, softmax_scale * LOG2E],
+         tables, (D, config.block_m, config.block_n, _dot_precision(q.dtype)), config.num_warps, config.num_stages)
 
 
 def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], softmax_scale: float):
@@ -72,12 +70,10 @@ def _launch_bwd(config: tuning.BwdConfig, dout, q, k, v, lse, delta, dq, dk, dv,
     B, H, L, D = q.shape
     bm, bn = config.block_m, config.block_n
     tables = _bwd_tables(patch_nums, row_bits, bm, bn, B * H, q.device)
-    attn_bwd_kernel[(tables[-1].shape[0],)](
-        _descriptor(q, bm), _descriptor(dout, bm), _descriptor(k, bn), _descriptor(v, bn), dq, dk, dv, lse, delta,
-        *tables, H, L, softmax_scale, softmax_scale * LOG2E,
-        HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, DOT_PRECISION=_dot_precision(q.dtype),
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )
+    _bwd((tables.programs, 1, 1),
+         [descriptor(q, bm), descriptor(dout, bm), descriptor(k, bn), descriptor(v, bn), dq, dk, dv, lse, delta,
+          H, L, softmax_scale, softmax_scale * LOG2E],
+         tables, (D, bm, bn, _dot_precision(q.dtype)), config.num_warps, config.num_stages)
 
 
 def backward(dout, q, k, v, out, lse, patch_nums: tuple[int, ...], row_bits: tuple[int, ...],
@@ -92,12 +88,8 @@ def backward(dout, q, k, v, out, lse, patch_nums: tuple[int, ...], row_bits: tup
     dv = new_output((B, H, L, D), v.dtype, q.device)
     if q.numel() == 0:
         return dq, dk, dv
-    bwd_preprocess_kernel[(math.ceil(L / PREPROCESS_BLOCK), B * H)](
-        out, dout, delta,
-        out.stride(0), out.stride(1), out.stride(2),
-        dout.stride(0), dout.stride(1), dout.stride(2),
-        H, L, HEAD_DIM=D, BLOCK=PREPROCESS_BLOCK,
-    )
+    _preprocess((math.ceil(L / PREPROCESS_BLOCK), B * H, 1),
+                [out, dout, delta, *out.stride()[:3], *dout.stride()[:3], H, L], None, (D, PREPROCESS_BLOCK), 4, 3)
     config = tuning.choose("bwd", current_options().triton_bwd, (patch_nums, row_bits, D, q.dtype, q.device),
                            lambda c: _launch_bwd(c, dout, q, k, v, lse, delta, dq, dk, dv, patch_nums, row_bits,
                                                  softmax_scale))

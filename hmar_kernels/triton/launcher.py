@@ -1,0 +1,109 @@
+"""A thin launch path for Triton kernels: the compiled kernel is looked up once per specialisation, not per call.
+
+``kernel[grid](*args)`` binds and specialises every argument on every call, then the C launcher calls
+``data_ptr()`` and ``cuPointerGetAttribute`` for every tensor. Measured on the device machine's CPU
+(bench/call_overhead.py, 256 px): 49 µs per forward launch against 20 µs for the compiled kernel's own ``run``.
+At 256 px that is more than the kernels take.
+
+Triton specialises a kernel on the arguments' types, on ints being 1, multiples of 16 or outside int32, and on
+pointers being 16-byte aligned. ``CachedLaunch`` keys its cache on exactly those classes of the arguments, so a
+call reuses a compiled kernel only where Triton would have picked the same one; the first call of each key goes
+through Triton (compiling if needed). Tensor arguments are then passed as raw device pointers.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+_COMPILED_API = ("run", "function", "packed_metadata")
+
+
+def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
+    """Rank-4 TMA descriptor over a (B, H, L, D) tensor, blocks of (1, 1, rows, D).
+
+    ``t`` must be TMA-readable (``buffers.tma_ready``); the checks of TensorDescriptor's constructor are skipped
+    (3 µs of the 5 a descriptor costs): tma_ready made them, and the block shapes come from our configs."""
+    # A size-1 dimension may carry any stride; give it one TMA accepts (its index is always 0).
+    strides = [st if n > 1 else t.shape[-1] for n, st in zip(t.shape, t.stride())]
+    strides[-1] = 1
+    desc = object.__new__(TensorDescriptor)
+    desc.__dict__.update(base=t, shape=list(t.shape), strides=strides, block_shape=[1, 1, rows, t.shape[-1]])
+    return desc
+
+
+class LaunchTables:
+    """The device tables a launch reads (TileMask and program table), kept with their raw pointers. Built once per
+    (schedule, pattern, tile shape, device) by the caller's cache; int32, freshly allocated (so aligned)."""
+
+    def __init__(self, tensors):
+        self.tensors = tuple(tensors)
+        self.pointers = tuple(t.data_ptr() for t in self.tensors)
+        self.programs = self.tensors[-1].shape[0]  # rows of the program table, the last tensor: the grid size
+
+
+def _hook_set(hook) -> bool:
+    # Triton >= 3.5 keeps the hooks in (possibly empty) HookChain objects; older versions use None.
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
+def _launch_hooks_set() -> bool:
+    """Whether a launch hook (e.g. a profiler) is installed: then every launch goes through Triton, which
+    builds the hooks' metadata."""
+    runtime = getattr(getattr(triton, "knobs", None), "runtime", None)
+    return runtime is not None and (_hook_set(runtime.launch_enter_hook) or _hook_set(runtime.launch_exit_hook))
+
+
+class CachedLaunch:
+    """``fn`` launched as ``launch(grid, args, tables, constexprs, num_warps, num_stages)``.
+
+    The kernel's parameters must be, in order: ``args`` (TensorDescriptors over CUDA tensors, CUDA tensors,
+    ints, floats), the tensors of ``tables`` (a LaunchTables or None), then its constexprs, whose values
+    ``constexprs`` gives in order.
+    """
+
+    _warned = False
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.compiled: dict = {}
+
+    def __call__(self, grid: tuple[int, int, int], args: list, tables: LaunchTables | None, constexprs: tuple,
+                 num_warps: int, num_stages: int):
+        key, run_args, device = [constexprs, num_warps, num_stages], [], None
+        for a in args:  # one pass: the specialisation key and the arguments for the compiled kernel's run
+            kind = type(a)
+            if kind is torch.Tensor:
+                pointer = a.data_ptr()
+                key.append((a.dtype, pointer % 16 == 0))
+                run_args.append(pointer)
+                device = a.get_device()
+            elif kind is int:
+                key.append((a == 1, a % 16 == 0, -2**31 <= a < 2**31))
+                run_args.append(a)
+            elif kind is TensorDescriptor:
+                key.append((a.base.dtype, a.base.get_device()))
+                run_args.append(a)
+            else:
+                key.append(kind)
+                run_args.append(a)
+        key.append(device)
+        key = tuple(key)
+        kernel = self.compiled.get(key)
+        table_tensors = tables.tensors if tables is not None else ()
+        if kernel is None or _raw_stream is None or _launch_hooks_set():
+            kernel = self.fn[grid](*args, *table_tensors, *constexprs, num_warps=num_warps, num_stages=num_stages)
+            if all(hasattr(kernel, name) for name in _COMPILED_API):
+                self.compiled[key] = kernel
+            elif kernel is not None and not CachedLaunch._warned:  # None: the interpreter ran it
+                CachedLaunch._warned = True
+                warnings.warn(f"triton {triton.__version__}: compiled kernels lack {_COMPILED_API}; every launch "
+                              "goes through kernel[grid] (~30 µs more host time per launch)")
+            return
+        if device is None:
+            device = next(a.base.get_device() for a in args if type(a) is TensorDescriptor)
+        kernel.run(grid[0], grid[1], grid[2], _raw_stream(device), kernel.function, kernel.packed_metadata,
+                   None, None, None, *run_args, *(tables.pointers if tables is not None else ()), *constexprs)
