@@ -5,7 +5,7 @@ so all backends are timed the same way.
 
 Timing: each repetition starts from an idle device (synchronise, record start event, call, record end event,
 wait), so a call's host overhead is included (at 256 px the host, not the GPU, is the bottleneck) and
-``median`` is taken over repetitions after warm-up. Input sets are rotated so small problems do not sit in L2.
+``median`` is taken over repetitions after a warm-up of at least 25 ms. Input sets are rotated so small problems do not sit in L2.
 """
 from __future__ import annotations
 
@@ -40,10 +40,17 @@ class Timing:
     reps: int
 
 
-def time_cuda(call: Callable[[int], object], warmup: int = 3, reps: int = 20) -> Timing:
-    """Median time of ``call(i)`` (i = repetition index, for rotating inputs) with CUDA events."""
-    for i in range(warmup):
+def time_cuda(call: Callable[[int], object], warmup: int = 3, reps: int = 20, warmup_ms: float = 25.0) -> Timing:
+    """Median time of ``call(i)`` (i = repetition index, for rotating inputs) with CUDA events.
+
+    Warm-up: at least ``warmup`` calls and ``warmup_ms`` of wall time (as triton.testing.do_bench), so that a
+    launch-bound call, which leaves the GPU mostly idle, is not timed before the clocks have ramped up."""
+    i, start_wall = 0, time.perf_counter()
+    while i < warmup or (time.perf_counter() - start_wall) * 1e3 < warmup_ms:
         call(i)
+        i += 1
+        if i % 8 == 0:
+            torch.cuda.synchronize()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     times = []
