@@ -64,6 +64,16 @@ def time_cuda(call: Callable[[int], object], warmup: int = 3, reps: int = 20, wa
     return Timing(statistics.median(times), min(times), reps)
 
 
+def time_steady(call: Callable[[int], object], warmup_ms: float = 25.0, rep_ms: float = 100.0) -> float:
+    """Median ms of ``call(i)`` timed as ``triton.testing.do_bench`` times (the methodology of the anchors in
+    kernel_targets.md): calls back to back with an L2 flush between them, so a call's host overhead overlaps the
+    previous call's GPU work; what a training loop that keeps the GPU busy sees."""
+    from triton.testing import do_bench
+
+    count = iter(range(1 << 62))
+    return do_bench(lambda: call(next(count)), warmup=warmup_ms, rep=rep_ms, return_mode="median")
+
+
 def peak_memory_mb(call: Callable[[], object]) -> float:
     """Peak CUDA memory allocated during ``call()``, above what was allocated before it, in MiB."""
     torch.cuda.synchronize()
@@ -292,7 +302,8 @@ def measure_case(case: AttentionCase, inputs: Sequence[tuple], reference: Sequen
                  reps: int = 20, warmup: int = 3) -> tuple[dict, dict]:
     """Time one case on CUDA: (row, phases).
 
-    row: fwd_ms, fwdbwd_ms (medians of ``time_cuda``), useful TFLOP/s, peak_mem_mb (fwd+bwd), max_rel_err (out
+    row: fwd_ms, fwdbwd_ms (medians of ``time_cuda``: from an idle GPU, host time included), useful TFLOP/s,
+    the same as *_steady_* (``time_steady``: back to back, as do_bench), peak_mem_mb (fwd+bwd), max_rel_err (out
     and gradients against ``reference``, see ``reference_outputs``; NaN without one) and first_call_s.
     phases: wall seconds of "first call" (compilation, autotuning: the first fwd+bwd and the first no-grad
     forward), "timing" and "memory".
@@ -307,6 +318,8 @@ def measure_case(case: AttentionCase, inputs: Sequence[tuple], reference: Sequen
     start = time.perf_counter()
     fwd = time_cuda(fwd_call(attend, inputs), warmup=warmup, reps=reps)
     fwdbwd = time_cuda(fwd_bwd_call(attend, inputs), warmup=warmup, reps=reps)
+    fwd_steady = time_steady(fwd_call(attend, inputs))
+    fwdbwd_steady = time_steady(fwd_bwd_call(attend, inputs))
     timing = time.perf_counter() - start
     start = time.perf_counter()
     peak = peak_memory_mb(lambda: fwd_bwd_call(attend, inputs)(0))
@@ -316,6 +329,9 @@ def measure_case(case: AttentionCase, inputs: Sequence[tuple], reference: Sequen
                pattern=case.pattern, backend=case.backend, fwd_ms=fwd.median_ms, fwdbwd_ms=fwdbwd.median_ms,
                fwd_tflops=flops / fwd.median_ms / 1e9,
                fwdbwd_tflops=flops * FWD_BWD_FACTOR / fwdbwd.median_ms / 1e9,
+               fwd_steady_ms=fwd_steady, fwdbwd_steady_ms=fwdbwd_steady,
+               fwd_steady_tflops=flops / fwd_steady / 1e9,
+               fwdbwd_steady_tflops=flops * FWD_BWD_FACTOR / fwdbwd_steady / 1e9,
                peak_mem_mb=peak, max_rel_err=error, first_call_s=first)
     return row, {"first call": first, "timing": timing, "memory": memory}
 

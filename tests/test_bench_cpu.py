@@ -105,6 +105,7 @@ def cpu_timed(monkeypatch):
     """Timing and memory on the CPU, and a tiny schedule as "256 px"."""
     monkeypatch.setattr(bm, "SCHEDULES", {256: SMALL})
     monkeypatch.setattr(bm, "time_cuda", _cpu_timing)
+    monkeypatch.setattr(bm, "time_steady", lambda call: _cpu_timing(call, 1, 3).median_ms)
     monkeypatch.setattr(bm, "peak_memory_mb", lambda call: (call(), 0.0)[1])
 
 

@@ -41,14 +41,16 @@ INTERPRETER_BWD = BwdConfig(16, 16, 1, 1)
 def fwd_candidates(head_dim: int) -> Sequence[FwdConfig]:
     """Hopper-minded forward configs, default first.
 
-    Measured on the H100 (bf16, D=64, B=4, H=16; bench/tuning_report.py, 2026-11-22): (128, 64, 4 warps) won at
-    1024 px (diagonal 1.47 ms, causal 2.86) just ahead of (64, 64, 4); (64, 64, 4) won at 512 px by 8-10%;
-    8-warp configs lost by 15-65%. Resources for sm_90 (bench/triton_registers.py): no candidate spills;
-    registers at D=64: (128, 64, 4) 201, (64, 64, 4) 107, (128, 128, 8) 169; at D=128: (128, 64, 8) 151 with
-    96 KiB of shared memory, (128, 32, 8) 115, (64, 64, 8) 121.
+    Measured on the H100 (bf16, D=64, B=4, H=16; kernel time from CUDA-graph replays, 2026-11-22, after the
+    score-scale FMA): 1024 px diagonal (128, 64, 4 warps, 3 stages) 1.145 ms, (128, 64, 8, 3) 1.142,
+    (128, 64, 8, 4) 1.153, (64, 64, 4, 3) 1.181; causal 2.536 / 2.502 / 2.530 / 2.595. 512 px: all four
+    within 5%. Lost everywhere, so not candidates: (128, 128, 8, 3) by 20-35%, 256-row tiles with 8 warps by
+    25-30%, 2 stages by 4-6%. Resources for sm_90 (bench/triton_registers.py): no candidate spills; registers at
+    D=64: (128, 64, 4) 201, (64, 64, 4) 107; at D=128: (128, 64, 8) 151 with 96 KiB of shared memory,
+    (128, 32, 8) 115, (64, 64, 8) 121.
     """
     if head_dim <= 64:
-        return (FwdConfig(128, 64, 4, 3), FwdConfig(64, 64, 4, 3), FwdConfig(128, 128, 8, 3),
+        return (FwdConfig(128, 64, 4, 3), FwdConfig(128, 64, 8, 3), FwdConfig(64, 64, 4, 3),
                 FwdConfig(128, 64, 8, 4))
     return (FwdConfig(128, 64, 8, 3), FwdConfig(64, 64, 4, 3), FwdConfig(128, 32, 8, 3), FwdConfig(64, 32, 4, 3))
 
