@@ -4,7 +4,8 @@
 
 Rows (fwd+bwd unless said): the public API with autograd; the Triton launchers called directly (no custom op, no
 autograd); the same launches replayed from a CUDA graph (kernel time only); host time per call with no
-synchronisation between calls; SDPA with a boolean mask for comparison.
+synchronisation between calls; SDPA with a boolean mask for comparison; then the host time of the pieces of a
+call (validation, allocation, descriptors, launches, an empty autograd.Function for the engine's own cost).
 """
 import argparse
 import cProfile
@@ -47,6 +48,43 @@ def graph_us(call, n=50):
     return bm.time_cuda(lambda i: graph.replay(), reps=n).median_ms * 1e3
 
 
+class _EmptyFunction(torch.autograd.Function):
+    """Saves q, k, v and returns fresh tensors: the autograd engine's cost of a Python Function, nothing else."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        ctx.save_for_backward(q, k, v)
+        return torch.empty_like(q)
+
+    @staticmethod
+    def backward(ctx, dout):
+        return tuple(torch.empty_like(t) for t in ctx.saved_tensors)
+
+
+def pieces(q, k, v, dout, pn, pattern):
+    """(name, call) for each piece of one Triton fwd+bwd call's host path."""
+    from hmar_kernels import buffers
+    from hmar_kernels.api import _validate_tensors
+
+    _, row_bits, scale, _ = _plan(pn, pattern, None, "triton", q.device, q.dtype, tuple(q.shape))
+    qd, kd, vd = q.detach(), k.detach(), v.detach()
+    out, lse = launch.forward(qd, kd, vd, pn, row_bits, scale)
+
+    def empty_function():
+        return torch.autograd.grad(_EmptyFunction.apply(q, k, v), (q, k, v), dout)
+
+    return [
+        ("validate + plan", lambda: (_validate_tensors(q, k, v),
+                                     _plan(pn, pattern, None, "triton", q.device, q.dtype, tuple(q.shape)))),
+        ("tma_ready x3", lambda: [buffers.tma_ready(t) for t in (qd, kd, vd)]),
+        ("new_output (B, H, L, D)", lambda: buffers.new_output(q.shape, q.dtype, q.device)),
+        ("descriptor x3", lambda: [launch.descriptor(t, 64) for t in (qd, kd, vd)]),
+        ("launch.forward", lambda: launch.forward(qd, kd, vd, pn, row_bits, scale)),
+        ("launch.backward", lambda: launch.backward(dout, qd, kd, vd, out, lse, pn, row_bits, scale)),
+        ("empty autograd.Function fwd+bwd", empty_function),
+    ]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--px", type=int, default=256)
@@ -86,6 +124,7 @@ def main():
         ("api sdpa fwd+bwd, wall", bm.time_cuda(lambda i: api("sdpa")(), reps=50).median_ms * 1e3),
         ("api sdpa fwd+bwd, host", host_us(api("sdpa"))),
     ]
+    rows += [(f"host: {name}", host_us(call)) for name, call in pieces(q, k, v, dout, pn, args.pattern)]
     print(f"{args.px} px {args.pattern} B={args.batch} H={args.heads} D=64 bf16")
     for name, us in rows:
         print(f"  {name:45s} {us:9.1f} us")
