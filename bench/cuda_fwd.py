@@ -19,7 +19,7 @@ import torch
 
 import hmar_kernels
 from hmar_kernels import benchmark as bm
-from hmar_kernels import cuda, current_options, kernel_options
+from hmar_kernels import buffers, cuda, current_options, kernel_options
 from hmar_kernels.options import CUDA_SCHEDULERS
 from hmar_kernels.reference import reference_attention
 from hmar_kernels.schedule import bits_to_matrix, forward_tables, named_pattern_bits, tile_mask
@@ -106,10 +106,10 @@ def host_overhead(rows_out):
     block_m, block_n = cuda.fwd_tile(64, 0)
     tables = forward_tables(pn, row_bits, block_m, block_n, 1, q.device)
     out, lse = torch.empty_like(q), torch.empty(1, 1, 680, device="cuda")
-    stream = cuda._current_stream(q.device)
+    stream = buffers.current_stream(q.device.index)
     counter = cuda._scheduler_counter(q.device, stream)
     layers = {
-        "ext.fwd (C++ binding + launch)": lambda: ext.fwd(q, k, v, out, lse, *tables,
+        "ext.fwd (C++ binding + launch)": lambda: ext.fwd(q, k, v, out, lse, *tables.tensors,
                                                           0.125, 0, 0, counter, stream),
         "cuda.forward": lambda: cuda.forward(q, k, v, pn, row_bits, 0.125),
         "ops.attention_forward (custom op)": lambda: ops.attention_forward(q, k, v, pn, row_bits, 0.125, "cuda"),

@@ -1,7 +1,16 @@
-"""Tensors the kernel backends hand to their kernels: fresh outputs and TMA-readable inputs."""
+"""What the kernel backends hand to their kernels: fresh outputs, TMA-readable inputs, the current stream."""
 import torch
 
 from .options import current_options
+
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def current_stream(device_index: int) -> int:
+    """The raw handle of the current CUDA stream of a device (~1 µs; torch.cuda.current_stream takes ~7)."""
+    if _raw_stream is not None:
+        return _raw_stream(device_index)
+    return torch.cuda.current_stream(device_index).cuda_stream
 
 
 def new_output(shape, dtype, device) -> torch.Tensor:

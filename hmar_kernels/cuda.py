@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from .buffers import new_output, tma_ready
+from .buffers import current_stream, new_output, tma_ready
 from .options import current_options
 from .schedule import forward_tables
 
@@ -103,15 +103,6 @@ def _scheduler_counter(device: torch.device, stream: int):
     return counter
 
 
-_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-
-
-def _current_stream(device: torch.device) -> int:
-    if _raw_stream is not None:
-        return _raw_stream(device.index)
-    return torch.cuda.current_stream(device).cuda_stream
-
-
 def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], softmax_scale: float):
     """q, k, v: (B, H, L, D) bf16/fp16 on an sm90 GPU → out (B, H, L, D) in q's dtype, lse (B, H, L) fp32
     (natural log; -inf for rows that see no key)."""
@@ -122,10 +113,10 @@ def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], sof
     tables = forward_tables(patch_nums, row_bits, *fwd_tile(D, options.cuda_fwd_config), B * H, q.device)
     out = new_output((B, H, L, D), q.dtype, q.device)
     lse = new_output((B, H, L), torch.float32, q.device)
-    stream = _current_stream(q.device)
-    num_ctas = tables[-1].shape[0] if options.cuda_scheduler == "grid" else 0  # 0: one CTA per SM
+    stream = current_stream(q.device.index)
+    num_ctas = tables.programs if options.cuda_scheduler == "grid" else 0  # 0: one CTA per SM
     counter = _scheduler_counter(q.device, stream) if options.cuda_scheduler == "dynamic" else None
-    ext.fwd(q, k, v, out, lse, *tables, softmax_scale, options.cuda_fwd_config, num_ctas, counter, stream)
+    ext.fwd(q, k, v, out, lse, *tables.tensors, softmax_scale, options.cuda_fwd_config, num_ctas, counter, stream)
     return out, lse
 
 

@@ -273,13 +273,23 @@ def tile_mask(patch_nums: tuple[int, ...], row_bits: tuple[int, ...], block_m: i
                     length=int(sum(p * p for p in patch_nums)), host=host, **dev)
 
 
+class LaunchTables:
+    """The device tables one launch reads: TileMask tensors, then the program table (last), with their raw
+    pointers (the Triton launcher passes those instead of the tensors). int32, freshly allocated, so aligned."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor]):
+        self.tensors = tuple(tensors)
+        self.pointers = tuple(t.data_ptr() for t in self.tensors)
+        self.programs = self.tensors[-1].shape[0]  # rows of the program table: the grid size
+
+
 @functools.lru_cache(maxsize=256)
 def forward_tables(patch_nums: tuple[int, ...], row_bits: tuple[int, ...], block_m: int, block_n: int,
-                   batch_heads: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """The device tensors a forward launch reads (both backends), cached: the TileMask's ``kernel_tensors()``,
-    then the program table of ``launch_order`` over its row tiles."""
+                   batch_heads: int, device: torch.device) -> LaunchTables:
+    """The tables a forward launch reads (both backends), cached: the TileMask's ``kernel_tensors()``, then the
+    program table of ``launch_order`` over its row tiles."""
     mask = tile_mask(patch_nums, row_bits, block_m, block_n, device)
-    return (*mask.kernel_tensors(), torch.from_numpy(launch_order([mask.visits], batch_heads)).to(device))
+    return LaunchTables((*mask.kernel_tensors(), torch.from_numpy(launch_order([mask.visits], batch_heads)).to(device)))
 
 
 def launch_order(works: Sequence[np.ndarray], batch_heads: int) -> np.ndarray:

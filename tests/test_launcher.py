@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from conftest import HAS_CUDA, requires_cuda
+from hmar_kernels.schedule import LaunchTables
 from hmar_kernels.triton import launcher
 
 
@@ -32,14 +33,14 @@ class FakeJit:
 
 @pytest.fixture
 def fake_stream(monkeypatch):
-    monkeypatch.setattr(launcher, "_raw_stream", lambda device: 0)
+    monkeypatch.setattr(launcher, "current_stream", lambda device: 0)
 
 
 def test_reuses_a_kernel_only_for_the_same_specialisation(fake_stream):
     fn = FakeJit()
     launch = launcher.CachedLaunch(fn)
     x = torch.zeros(64, dtype=torch.float16)
-    tables = launcher.LaunchTables([torch.zeros(4, dtype=torch.int32), torch.zeros((3, 2), dtype=torch.int32)])
+    tables = LaunchTables([torch.zeros(4, dtype=torch.int32), torch.zeros((3, 2), dtype=torch.int32)])
     cases = [(16, 680), (32, 680), (16, 688), (3, 680), (1, 680), (16, 2**31 + 8), (16, 680), (5, 680)]
     for h, length in cases:
         launch((3, 1, 1), [x, h, length, 0.5], tables, (64, 128), 4, 3)

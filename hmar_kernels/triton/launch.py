@@ -8,22 +8,17 @@ import torch
 
 from ..buffers import new_output, tma_ready
 from ..options import current_options
-from ..schedule import forward_tables, launch_order, tile_mask, transpose_bits
+from ..schedule import LaunchTables, forward_tables, launch_order, tile_mask, transpose_bits
 from . import tuning
 from .bwd import attn_bwd_kernel, bwd_preprocess_kernel
 from .fwd import attn_fwd_kernel
-from .launcher import CachedLaunch, LaunchTables, descriptor
+from .launcher import CachedLaunch, descriptor
 
 PREPROCESS_BLOCK = 128
 LOG2E = math.log2(math.e)  # host copy of fwd.LOG2E, to fold into qk_scale
 _fwd = CachedLaunch(attn_fwd_kernel)
 _bwd = CachedLaunch(attn_bwd_kernel)
 _preprocess = CachedLaunch(bwd_preprocess_kernel)
-
-
-@functools.lru_cache(maxsize=256)
-def _fwd_tables(patch_nums, row_bits, block_m, block_n, batch_heads, device) -> LaunchTables:
-    return LaunchTables(forward_tables(patch_nums, row_bits, block_m, block_n, batch_heads, device))
 
 
 @functools.lru_cache(maxsize=256)
@@ -44,7 +39,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 def _launch_fwd(config: tuning.FwdConfig, q, k, v, out, lse, patch_nums, row_bits, softmax_scale):
     B, H, L, D = q.shape
-    tables = _fwd_tables(patch_nums, row_bits, config.block_m, config.block_n, B * H, q.device)
+    tables = forward_tables(patch_nums, row_bits, config.block_m, config.block_n, B * H, q.device)
     _fwd((tables.programs, 1, 1),
          [descriptor(q, config.block_m), descriptor(k, config.block_n), descriptor(v, config.block_n), out, lse,
           H, L, softmax_scale * LOG2E],

@@ -18,7 +18,9 @@ import torch
 import triton
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+from ..buffers import current_stream
+from ..schedule import LaunchTables
+
 _COMPILED_API = ("run", "function", "packed_metadata")
 
 
@@ -33,16 +35,6 @@ def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
     desc = object.__new__(TensorDescriptor)
     desc.__dict__.update(base=t, shape=list(t.shape), strides=strides, block_shape=[1, 1, rows, t.shape[-1]])
     return desc
-
-
-class LaunchTables:
-    """The device tables a launch reads (TileMask and program table), kept with their raw pointers. Built once per
-    (schedule, pattern, tile shape, device) by the caller's cache; int32, freshly allocated (so aligned)."""
-
-    def __init__(self, tensors):
-        self.tensors = tuple(tensors)
-        self.pointers = tuple(t.data_ptr() for t in self.tensors)
-        self.programs = self.tensors[-1].shape[0]  # rows of the program table, the last tensor: the grid size
 
 
 def _hook_set(hook) -> bool:
@@ -61,7 +53,7 @@ class CachedLaunch:
     """``fn`` launched as ``launch(grid, args, tables, constexprs, num_warps, num_stages)``.
 
     The kernel's parameters must be, in order: ``args`` (TensorDescriptors over CUDA tensors, CUDA tensors,
-    ints, floats), the tensors of ``tables`` (a LaunchTables or None), then its constexprs, whose values
+    ints, floats), the tensors of ``tables`` (a schedule.LaunchTables or None), then its constexprs, whose values
     ``constexprs`` gives in order.
     """
 
@@ -85,8 +77,9 @@ class CachedLaunch:
                 key.append((a == 1, a % 16 == 0, -2**31 <= a < 2**31))
                 run_args.append(a)
             elif kind is TensorDescriptor:
-                key.append((a.base.dtype, a.base.get_device()))
+                key.append(a.base.dtype)
                 run_args.append(a)
+                device = a.base.get_device()
             else:
                 key.append(kind)
                 run_args.append(a)
@@ -94,7 +87,7 @@ class CachedLaunch:
         key = tuple(key)
         kernel = self.compiled.get(key)
         table_tensors = tables.tensors if tables is not None else ()
-        if kernel is None or _raw_stream is None or _launch_hooks_set():
+        if kernel is None or _launch_hooks_set():
             kernel = self.fn[grid](*args, *table_tensors, *constexprs, num_warps=num_warps, num_stages=num_stages)
             if all(hasattr(kernel, name) for name in _COMPILED_API):
                 self.compiled[key] = kernel
@@ -103,7 +96,5 @@ class CachedLaunch:
                 warnings.warn(f"triton {triton.__version__}: compiled kernels lack {_COMPILED_API}; every launch "
                               "goes through kernel[grid] (~30 µs more host time per launch)")
             return
-        if device is None:
-            device = next(a.base.get_device() for a in args if type(a) is TensorDescriptor)
-        kernel.run(grid[0], grid[1], grid[2], _raw_stream(device), kernel.function, kernel.packed_metadata,
+        kernel.run(grid[0], grid[1], grid[2], current_stream(device), kernel.function, kernel.packed_metadata,
                    None, None, None, *run_args, *(tables.pointers if tables is not None else ()), *constexprs)
