@@ -24,13 +24,7 @@ from hmar_kernels.options import CUDA_SCHEDULERS
 from hmar_kernels.reference import reference_attention
 from hmar_kernels.schedule import bits_to_matrix, forward_tables, named_pattern_bits, tile_mask
 
-SCHEDULES = {
-    256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
-    512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),
-    1024: (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64),
-}
 BATCH_HEADS = {256: (16, 16), 512: (4, 16), 1024: (4, 16)}  # as the anchor table (1024: the target's B=4, H=16)
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 COLUMNS = ("device", "torch", "triton", "date", "commit", "px", "L", "B", "H", "D", "dtype", "pattern", "backend",
            "variant", "fwd_ms", "kernel_ms", "fwd_tflops", "kernel_tflops", "visited_over_useful", "max_rel_err")
 
@@ -57,10 +51,10 @@ def kernel_only_ms(call, inputs, count=20):
 
 
 def measure(px, pattern, dtype_name, head_dim, backend, variant, reps, meta):
-    pn = SCHEDULES[px]
+    pn = bm.SCHEDULES[px]
     batch, heads = BATCH_HEADS[px]
     row_bits = pattern_bits(pattern, len(pn))
-    dtype = DTYPES[dtype_name]
+    dtype = bm.DTYPES[dtype_name]
     length = sum(p * p for p in pn)
     bytes_per_set = 4 * batch * heads * length * head_dim * 2
     inputs = [tuple(torch.randn(batch, heads, length, head_dim, device="cuda", dtype=dtype) for _ in range(3))
@@ -99,7 +93,7 @@ def host_overhead(rows_out):
     200 calls back-to-back, wall time / 200."""
     from hmar_kernels import ops
 
-    pn = SCHEDULES[256]
+    pn = bm.SCHEDULES[256]
     row_bits = named_pattern_bits("block_causal", len(pn))
     q, k, v = (torch.randn(1, 1, 680, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     ext = cuda.module()

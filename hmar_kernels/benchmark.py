@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .schedule import allowed_pairs
+from .schedule import PATCH_NUMS, allowed_pairs
 
 FWD_BWD_FACTOR = 3.5  # backward = 2.5 × forward (5 matmuls instead of 2): fwd+bwd = 3.5 × forward
 
@@ -114,11 +114,7 @@ def fwd_call(attend: Callable, inputs: Sequence[tuple]) -> Callable[[int], objec
 # The attention sweep: one case = (schedule, pattern, backend, dtype, shape). hmar-bench and the pytest-benchmark
 # suites in bench/ both build their cases, inputs, references and errors here.
 
-SCHEDULES = {
-    256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
-    512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),
-    1024: (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64),
-}
+SCHEDULES = PATCH_NUMS
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 PATTERNS = ("block_diagonal", "block_causal")
 # The measured dense FlashAttention rate (kernel_targets.md): SDPA's FlashAttention kernel, no mask, all L² pairs

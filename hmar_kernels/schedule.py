@@ -32,6 +32,13 @@ MAX_SCALES = 31
 
 NAMED_PATTERNS = ("block_diagonal", "block_causal")
 
+# The official schedules (VAR / HMAR) by image resolution in pixels.
+PATCH_NUMS = {
+    256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),  # L = 680
+    512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),  # L = 2240
+    1024: (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64),  # L = 9451
+}
+
 
 def scale_bounds(patch_nums: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...], int]:
     """(starts, sizes, L) of a validated schedule (plain Python, so torch.compile traces it)."""

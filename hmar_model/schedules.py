@@ -13,11 +13,7 @@ import itertools
 import numbers
 from typing import Sequence
 
-PATCH_NUMS = {
-    256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),  # L = 680
-    512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),  # L = 2240
-    1024: (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64),  # L = 9451
-}
+from hmar_kernels.schedule import PATCH_NUMS  # the official schedules by resolution
 
 # The official sampling default (used for FID): refinement at 2×2 (one masked pass) and 3×3 (three passes).
 DEFAULT_MASK_SCHEDULE_256 = ((1,), (1, 3), (1, 1, 2, 5), (16,), (25,), (36,), (64,), (100,), (169,), (256,))
