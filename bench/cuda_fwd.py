@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import subprocess
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from hmar_kernels import buffers, cuda, current_options, kernel_options
 from hmar_kernels.options import CUDA_SCHEDULERS
 from hmar_kernels.reference import reference_attention
 from hmar_kernels.schedule import bits_to_matrix, forward_tables, named_pattern_bits, tile_mask
+from hmar_model.cli.bench import git_commit
 
 BATCH_HEADS = {256: (16, 16), 512: (4, 16), 1024: (4, 16)}  # as the anchor table (1024: the target's B=4, H=16)
 COLUMNS = ("device", "torch", "triton", "date", "commit", "px", "L", "B", "H", "D", "dtype", "pattern", "backend",
@@ -137,9 +137,8 @@ def main():
     args = parser.parse_args()
     import triton
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                date=datetime.date.today().isoformat(), commit=commit or "unknown")
+                date=datetime.date.today().isoformat(), commit=git_commit())
     plan = []
     for px in [] if args.dense_only else args.px:
         for pattern in ("block_diagonal", "block_causal"):

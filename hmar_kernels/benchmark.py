@@ -9,6 +9,7 @@ wait), so a call's host overhead is included (at 256 px the host, not the GPU, i
 """
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ def time_steady(call: Callable[[int], object], warmup_ms: float = 25.0, rep_ms: 
     previous call's GPU work; what a training loop that keeps the GPU busy sees."""
     from triton.testing import do_bench
 
-    count = iter(range(1 << 62))
+    count = itertools.count()
     return do_bench(lambda: call(next(count)), warmup=warmup_ms, rep=rep_ms, return_mode="median")
 
 
