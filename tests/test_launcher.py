@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import HAS_CUDA, requires_cuda
+from conftest import requires_cuda
 from hmar_kernels.schedule import LaunchTables
 from hmar_kernels.triton import launcher
 
