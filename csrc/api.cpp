@@ -16,6 +16,7 @@
 
 #include "flash.h"
 #include "tile_size.h"
+#include "triton_attention.h"
 
 namespace {
 
@@ -197,4 +198,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("fwd_tile", &fwd_tile, "(block_m, block_n) of the forward tile", py::arg("head_dim"), py::arg("config"));
     m.def("built", &built, "dtypes, head dims and configs compiled into this build");
     m.def("sm_count", &sm_count, "number of SMs of a CUDA device", py::arg("device"));
+    m.def("register_triton_plan", &register_triton_plan, "register the Triton kernels of one plan; returns its id",
+          py::arg("launches"), py::arg("codes"), py::arg("tables"), py::arg("like"), py::arg("poison"));
+    m.def("triton_attention", &triton_attention, "the Triton kernels of a plan under a C++ autograd Function",
+          py::arg("q"), py::arg("k"), py::arg("v"), py::arg("plan"));
 }

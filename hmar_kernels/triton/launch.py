@@ -12,7 +12,7 @@ from ..schedule import LaunchTables, forward_tables, launch_order, tile_mask, tr
 from . import tuning
 from .bwd import attn_bwd_kernel, bwd_preprocess_kernel
 from .fwd import attn_fwd_kernel
-from .launcher import CachedLaunch, descriptor
+from .launcher import CachedLaunch, KernelCall, descriptor
 
 PREPROCESS_BLOCK = 128
 LOG2E = math.log2(math.e)  # host copy of fwd.LOG2E, to fold into qk_scale
@@ -37,13 +37,20 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _launch_fwd(config: tuning.FwdConfig, q, k, v, out, lse, patch_nums, row_bits, softmax_scale):
+def fwd_call(config: tuning.FwdConfig, q, k, v, out, lse, patch_nums, row_bits, softmax_scale) -> KernelCall:
     B, H, L, D = q.shape
     tables = forward_tables(patch_nums, row_bits, config.block_m, config.block_n, B * H, q.device)
-    _fwd((tables.programs, 1, 1),
-         [descriptor(q, config.block_m), descriptor(k, config.block_n), descriptor(v, config.block_n), out, lse,
-          H, L, softmax_scale * LOG2E],
-         tables, (D, config.block_m, config.block_n, _dot_precision(q.dtype)), config.num_warps, config.num_stages)
+    return KernelCall(_fwd, (tables.programs, 1, 1),
+                      [descriptor(q, config.block_m), descriptor(k, config.block_n), descriptor(v, config.block_n),
+                       out, lse, H, L, softmax_scale * LOG2E],
+                      tables, (D, config.block_m, config.block_n, _dot_precision(q.dtype)), config.num_warps,
+                      config.num_stages)
+
+
+def fwd_config(q, k, v, out, lse, patch_nums, row_bits, softmax_scale) -> tuning.FwdConfig:
+    """The forward config for these inputs (autotuned on their first call, with these tensors)."""
+    return tuning.choose("fwd", current_options().triton_fwd, (patch_nums, row_bits, q.shape[-1], q.dtype, q.device),
+                         lambda c: fwd_call(c, q, k, v, out, lse, patch_nums, row_bits, softmax_scale).run())
 
 
 def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], softmax_scale: float):
@@ -54,21 +61,35 @@ def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], sof
     lse = new_output((B, H, L), torch.float32, q.device)
     if q.numel() == 0:
         return out, lse
-    config = tuning.choose("fwd", current_options().triton_fwd, (patch_nums, row_bits, D, q.dtype, q.device),
-                           lambda c: _launch_fwd(c, q, k, v, out, lse, patch_nums, row_bits, softmax_scale))
-    _launch_fwd(config, q, k, v, out, lse, patch_nums, row_bits, softmax_scale)
+    config = fwd_config(q, k, v, out, lse, patch_nums, row_bits, softmax_scale)
+    fwd_call(config, q, k, v, out, lse, patch_nums, row_bits, softmax_scale).run()
     return out, lse
 
 
-def _launch_bwd(config: tuning.BwdConfig, dout, q, k, v, lse, delta, dq, dk, dv, patch_nums, row_bits,
-                softmax_scale):
+def preprocess_call(out, dout, delta) -> KernelCall:
+    """delta = rowsum(out · dout), (B, H, L) fp32."""
+    B, H, L, D = out.shape
+    return KernelCall(_preprocess, (math.ceil(L / PREPROCESS_BLOCK), B * H, 1),
+                      [out, dout, delta, *out.stride()[:3], *dout.stride()[:3], H, L], None, (D, PREPROCESS_BLOCK),
+                      4, 3)
+
+
+def bwd_call(config: tuning.BwdConfig, dout, q, k, v, lse, delta, dq, dk, dv, patch_nums, row_bits,
+             softmax_scale) -> KernelCall:
     B, H, L, D = q.shape
     bm, bn = config.block_m, config.block_n
     tables = _bwd_tables(patch_nums, row_bits, bm, bn, B * H, q.device)
-    _bwd((tables.programs, 1, 1),
-         [descriptor(q, bm), descriptor(dout, bm), descriptor(k, bn), descriptor(v, bn), dq, dk, dv, lse, delta,
-          H, L, softmax_scale, softmax_scale * LOG2E],
-         tables, (D, bm, bn, _dot_precision(q.dtype)), config.num_warps, config.num_stages)
+    return KernelCall(_bwd, (tables.programs, 1, 1),
+                      [descriptor(q, bm), descriptor(dout, bm), descriptor(k, bn), descriptor(v, bn), dq, dk, dv, lse,
+                       delta, H, L, softmax_scale, softmax_scale * LOG2E],
+                      tables, (D, bm, bn, _dot_precision(q.dtype)), config.num_warps, config.num_stages)
+
+
+def bwd_config(dout, q, k, v, lse, delta, dq, dk, dv, patch_nums, row_bits, softmax_scale) -> tuning.BwdConfig:
+    """The backward config for these inputs (autotuned on their first call, with these tensors)."""
+    return tuning.choose("bwd", current_options().triton_bwd, (patch_nums, row_bits, q.shape[-1], q.dtype, q.device),
+                         lambda c: bwd_call(c, dout, q, k, v, lse, delta, dq, dk, dv, patch_nums, row_bits,
+                                            softmax_scale).run())
 
 
 def backward(dout, q, k, v, out, lse, patch_nums: tuple[int, ...], row_bits: tuple[int, ...],
@@ -83,10 +104,7 @@ def backward(dout, q, k, v, out, lse, patch_nums: tuple[int, ...], row_bits: tup
     dv = new_output((B, H, L, D), v.dtype, q.device)
     if q.numel() == 0:
         return dq, dk, dv
-    _preprocess((math.ceil(L / PREPROCESS_BLOCK), B * H, 1),
-                [out, dout, delta, *out.stride()[:3], *dout.stride()[:3], H, L], None, (D, PREPROCESS_BLOCK), 4, 3)
-    config = tuning.choose("bwd", current_options().triton_bwd, (patch_nums, row_bits, D, q.dtype, q.device),
-                           lambda c: _launch_bwd(c, dout, q, k, v, lse, delta, dq, dk, dv, patch_nums, row_bits,
-                                                 softmax_scale))
-    _launch_bwd(config, dout, q, k, v, lse, delta, dq, dk, dv, patch_nums, row_bits, softmax_scale)
+    preprocess_call(out, dout, delta).run()
+    config = bwd_config(dout, q, k, v, lse, delta, dq, dk, dv, patch_nums, row_bits, softmax_scale)
+    bwd_call(config, dout, q, k, v, lse, delta, dq, dk, dv, patch_nums, row_bits, softmax_scale).run()
     return dq, dk, dv

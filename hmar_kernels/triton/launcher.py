@@ -13,6 +13,7 @@ through Triton (compiling if needed). Tensor arguments are then passed as raw de
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import torch
 import triton
@@ -65,8 +66,30 @@ class CachedLaunch:
 
     def __call__(self, grid: tuple[int, int, int], args: list, tables: LaunchTables | None, constexprs: tuple,
                  num_warps: int, num_stages: int):
+        key, run_args, device = self._specialise(args, constexprs, num_warps, num_stages)
+        kernel = self.compiled.get(key)
+        table_tensors = tables.tensors if tables is not None else ()
+        if kernel is None or _launch_hooks_set():
+            kernel = self.fn[grid](*args, *table_tensors, *constexprs, num_warps=num_warps, num_stages=num_stages)
+            if all(hasattr(kernel, name) for name in _COMPILED_API):
+                self.compiled[key] = kernel
+            elif kernel is not None and not CachedLaunch._warned:  # None: the interpreter ran it
+                CachedLaunch._warned = True
+                warnings.warn(f"triton {triton.__version__}: compiled kernels lack {_COMPILED_API}; every launch "
+                              "goes through kernel[grid] (~30 µs more host time per launch)")
+            return
+        kernel.run(grid[0], grid[1], grid[2], current_stream(device), kernel.function, kernel.packed_metadata,
+                   None, None, None, *run_args, *(tables.pointers if tables is not None else ()), *constexprs)
+
+    def compiled_kernel(self, args: list, constexprs: tuple, num_warps: int, num_stages: int):
+        """The compiled kernel a launch with these arguments runs, or None before the first such launch."""
+        return self.compiled.get(self._specialise(args, constexprs, num_warps, num_stages)[0])
+
+    @staticmethod
+    def _specialise(args: list, constexprs: tuple, num_warps: int, num_stages: int):
+        """(cache key, arguments for the compiled kernel's run, device index) in one pass over ``args``."""
         key, run_args, device = [constexprs, num_warps, num_stages], [], None
-        for a in args:  # one pass: the specialisation key and the arguments for the compiled kernel's run
+        for a in args:
             kind = type(a)
             if kind is torch.Tensor:
                 pointer = a.data_ptr()
@@ -84,17 +107,23 @@ class CachedLaunch:
                 key.append(kind)
                 run_args.append(a)
         key.append(device)
-        key = tuple(key)
-        kernel = self.compiled.get(key)
-        table_tensors = tables.tensors if tables is not None else ()
-        if kernel is None or _launch_hooks_set():
-            kernel = self.fn[grid](*args, *table_tensors, *constexprs, num_warps=num_warps, num_stages=num_stages)
-            if all(hasattr(kernel, name) for name in _COMPILED_API):
-                self.compiled[key] = kernel
-            elif kernel is not None and not CachedLaunch._warned:  # None: the interpreter ran it
-                CachedLaunch._warned = True
-                warnings.warn(f"triton {triton.__version__}: compiled kernels lack {_COMPILED_API}; every launch "
-                              "goes through kernel[grid] (~30 µs more host time per launch)")
-            return
-        kernel.run(grid[0], grid[1], grid[2], current_stream(device), kernel.function, kernel.packed_metadata,
-                   None, None, None, *run_args, *(tables.pointers if tables is not None else ()), *constexprs)
+        return tuple(key), run_args, device
+
+
+class KernelCall(NamedTuple):
+    """One launch of a CachedLaunch, as data: ``call.run()`` launches it; the C++ launcher
+    (native.py) reads the same arguments to build its parameter codes."""
+    launcher: CachedLaunch
+    grid: tuple[int, int, int]
+    args: list
+    tables: LaunchTables | None
+    constexprs: tuple
+    num_warps: int
+    num_stages: int
+
+    def run(self):
+        self.launcher(self.grid, self.args, self.tables, self.constexprs, self.num_warps, self.num_stages)
+
+    def compiled_kernel(self):
+        """The compiled kernel this call runs (None before it first ran)."""
+        return self.launcher.compiled_kernel(self.args, self.constexprs, self.num_warps, self.num_stages)

@@ -1,0 +1,136 @@
+"""The Triton kernels launched from C++ (triton/native.py, csrc/triton_attention.cpp), the path eager
+``attention(..., backend="triton")`` takes on CUDA when the extension is built.
+
+Each case checks the output and all three gradients against the float64 reference (check_close's rule), with
+outputs poisoned with NaN before the kernels run, and bit for bit against the same kernels launched from Python
+(the custom op): a parameter the C++ side fills wrongly shows up as a mismatch even where the error stays small.
+Skips with the reason without a CUDA device or without the extension (HMAR_CUDA_JIT=1 builds it).
+"""
+import numpy as np
+import pytest
+import torch
+
+from conftest import HAS_CUDA, REAL_SCHEDULES, check_close, pattern_bits, pattern_of_kind, random_schedule
+from hmar_kernels import attention, kernel_options, ops
+from hmar_kernels.reference import reference_attention
+
+
+def _problem():
+    if not HAS_CUDA:
+        return "needs a CUDA device (none found)"
+    from hmar_kernels.triton import native
+
+    return native._extension()[1]
+
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_problem() is not None, reason=str(_problem()))]
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def _inputs(shape, dtype, layout):
+    B, H, L, D = shape
+    if layout == "fused_qkv":  # (B, L, 3, H, D) → three strided (B, H, L, D) views
+        qkv = torch.randn(B, L, 3, H, D, device="cuda", dtype=dtype)
+        return [t.requires_grad_() for t in qkv.permute(2, 0, 3, 1, 4).unbind(0)]
+    return [torch.randn(shape, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3)]
+
+
+def run_native_and_check(patch_nums, row_bits, batch, heads, head_dim, dtype, scale, layout="contiguous",
+                         dout_kind="random"):
+    length = sum(p * p for p in patch_nums)
+    shape = (batch, heads, length, head_dim)
+    q, k, v = (t.detach() for t in _inputs(shape, dtype, layout))
+    if dout_kind == "random":
+        dout = torch.randn(shape, device="cuda", dtype=dtype)
+    else:  # what out.sum().backward() hands over: one value broadcast with zero strides
+        dout = torch.ones((), device="cuda", dtype=dtype).expand(shape)
+    pattern = np.array([[(bits >> j) & 1 for j in range(len(patch_nums))] for bits in row_bits], dtype=bool)
+
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    with kernel_options(poison_outputs=True):
+        out = attention(*leaves, patch_nums, pattern, scale, backend="triton")
+        assert "TritonAttention" in out.grad_fn.name(), f"not the C++ path: {out.grad_fn.name()}"
+        grads = torch.autograd.grad(out, leaves, dout)
+        python_leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        python_out, _ = ops.attention_forward(*python_leaves, patch_nums, row_bits, scale, "triton")
+        python_grads = torch.autograd.grad(python_out, python_leaves, dout)
+
+    golden_in = [t.double().requires_grad_() for t in (q, k, v)]
+    golden, _ = reference_attention(*golden_in, patch_nums, row_bits, scale)
+    golden_grads = torch.autograd.grad(golden, golden_in, dout.double())
+    base_in = [t.clone().requires_grad_() for t in (q, k, v)]
+    base, _ = reference_attention(*base_in, patch_nums, row_bits, scale)
+    base_grads = torch.autograd.grad(base, base_in, dout)
+    for name, got, python, gold, b in zip(("out", "dq", "dk", "dv"), (out, *grads), (python_out, *python_grads),
+                                          (golden, *golden_grads), (base, *base_grads)):
+        check_close(name, got, gold, b)
+        assert torch.equal(got, python), f"{name}: C++ launch differs from the Python launch of the same kernels"
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_schedules(seed):
+    """Random schedules, the three pattern kinds, all dtypes and head dims, B and H of 1 (Triton specialises
+    ints equal to 1 away), strided inputs on odd seeds."""
+    rng = np.random.default_rng(500 + seed)
+    torch.manual_seed(seed)
+    patch_nums = random_schedule(rng, max_scales=5, max_side=9)
+    head_dim = (32, 64, 128)[(seed // 3) % 3]
+    dtype = DTYPES[(seed // 4) % 3] if head_dim <= 64 else DTYPES[seed % 2]  # fp32 tiles at D=128 overflow smem
+    run_native_and_check(patch_nums, pattern_of_kind(rng, seed, len(patch_nums)), batch=int(rng.integers(1, 3)),
+                         heads=int(rng.integers(1, 4)), head_dim=head_dim, dtype=dtype,
+                         scale=float(rng.uniform(0.05, 0.5)), layout=("contiguous", "fused_qkv")[seed % 2])
+
+
+@pytest.mark.parametrize("px", [256, 1024])
+@pytest.mark.parametrize("pattern", ["block_diagonal", "block_causal"])
+def test_real_schedules(px, pattern):
+    from hmar_kernels.schedule import named_pattern_bits
+
+    torch.manual_seed(px)
+    pn = REAL_SCHEDULES[px]
+    run_native_and_check(pn, named_pattern_bits(pattern, len(pn)), batch=2, heads=3, head_dim=64,
+                         dtype=torch.bfloat16, scale=0.125)
+
+
+def test_broadcast_dout():
+    """A zero-stride dout (out.sum().backward()) is made readable before the kernels see it."""
+    torch.manual_seed(1)
+    run_native_and_check((1, 2, 3, 5), pattern_bits(np.tril(np.ones((4, 4), dtype=bool))), batch=2, heads=2,
+                         head_dim=64, dtype=torch.float16, scale=0.125, dout_kind="broadcast")
+
+
+def test_no_grad_forward_matches():
+    torch.manual_seed(2)
+    pn = REAL_SCHEDULES[256]
+    q, k, v = (torch.randn(1, 2, 680, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    with torch.no_grad(), kernel_options(poison_outputs=True):
+        out = attention(q, k, v, pn, "block_causal", backend="triton")
+    from hmar_kernels.schedule import named_pattern_bits
+
+    golden, _ = reference_attention(q.double(), k.double(), v.double(), pn, named_pattern_bits("block_causal", 10),
+                                    64 ** -0.5)
+    base, _ = reference_attention(q, k, v, pn, named_pattern_bits("block_causal", 10), 64 ** -0.5)
+    check_close("out", out, golden, base)
+
+
+def test_register_refuses_codes_that_do_not_match_the_kernel():
+    """A parameter list that differs from the cubin's is refused at registration, never launched."""
+    from hmar_kernels.api import _plan
+    from hmar_kernels.triton import launch, native
+
+    pn = (1, 2, 3)
+    q, k, v = (torch.randn(1, 1, 14, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    _, row_bits, scale, _ = _plan(pn, "block_diagonal", None, "triton", q.device, q.dtype, tuple(q.shape))
+    out, lse = launch.forward(q, k, v, pn, row_bits, scale)
+    call = launch.fwd_call(launch.fwd_config(q, k, v, out, lse, pn, row_bits, scale), q, k, v, out, lse, pn,
+                           row_bits, scale)
+    kernel = call.compiled_kernel()
+    slots = {id(t): i for i, t in enumerate((q, k, v, out, lse))}
+    codes = native.param_codes(kernel, call, slots)
+    spec = native._launch_spec(kernel, call)
+    ext = native._extension()[0]
+    good = [spec, spec, spec], [codes, codes, codes]
+    assert ext.register_triton_plan(*good, list(call.tables.tensors), q, False) >= 0
+    for broken in (codes[:-1], codes + [[native.POINTER, 0]], [[native.INT64, 0]] + codes[1:]):
+        with pytest.raises(ValueError, match="do not match the compiled kernel"):
+            ext.register_triton_plan([spec] * 3, [codes, codes, broken], list(call.tables.tensors), q, False)
