@@ -65,9 +65,9 @@ PY_INC=$($PY -c "import sysconfig; print(sysconfig.get_paths()['include'])")
 g++ -std=c++20 -fsyntax-only -w -DTORCH_EXTENSION_NAME=_C $TORCH_INC -I"$PY_INC" -I/usr/local/cuda/include \
     -Icsrc csrc/api.cpp
 g++ -std=c++20 -fsyntax-only -w -DTORCH_EXTENSION_NAME=_C $TORCH_INC -I"$PY_INC" -I/usr/local/cuda/include \
-    -Icsrc csrc/triton_attention.cpp
+    -Icsrc csrc/native_attention.cpp
 g++ -std=c++17 -fsyntax-only -Wall -Wextra -Werror -I/usr/local/cuda/include -Icsrc csrc/triton_launch.cpp
-echo "fwd_dispatch.cpp, api.cpp, triton_attention.cpp and triton_launch.cpp compile"
+echo "fwd_dispatch.cpp, api.cpp, native_attention.cpp and triton_launch.cpp compile"
 
 $NVCC -std=c++17 --expt-relaxed-constexpr -I"$CUTLASS" csrc/tests/layout_check.cu -o "$OUT/layout_check"
 "$OUT/layout_check"

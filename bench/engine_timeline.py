@@ -3,7 +3,8 @@ from an idle GPU (synchronised before each call, as hmar-bench's idle timing), f
 
     python bench/engine_timeline.py [--px 256] [--pattern block_diagonal]
 
-Rows: triton launched from C++ (the default eager path), triton launched from Python (the custom op), sdpa;
+Rows: triton and cuda launched from C++ (the default eager path), triton launched from Python (the autograd.Function
+over the Python launchers), sdpa;
 plus the Python path with torch.autograd.set_multithreading_enabled(False), where the backward runs on the calling
 thread instead of the autograd engine's device thread.
 """
@@ -56,6 +57,7 @@ def main():
     grad = lambda out: torch.autograd.grad(out, (q, k, v), dout)
     paths = {
         "triton, C++ launches": lambda: hmar_kernels.attention(q, k, v, pn, args.pattern, backend="triton"),
+        "cuda fwd, C++ launches": lambda: hmar_kernels.attention(q, k, v, pn, args.pattern, backend="cuda"),
         "triton, Python launches": lambda: ops._EagerAttention.apply(q, k, v, pn, row_bits, scale, "triton"),
         "sdpa": lambda: hmar_kernels.attention(q, k, v, pn, args.pattern, backend="sdpa"),
     }

@@ -1,6 +1,7 @@
-// Python binding of the CUDA kernels: the only file that includes torch. It checks the tensors (messages name
-// them), fills the plain FwdParams and calls the dispatcher (fwd_dispatch.cpp). The custom op, fake tensors and
-// autograd are registered in Python (hmar_kernels/ops.py); hmar_kernels/cuda.py calls fwd() below.
+// Python binding of the CUDA kernels. It checks the tensors (messages name them), fills the plain FwdParams and
+// calls the dispatcher (fwd_dispatch.cpp). The custom op, fake tensors and the Python autograd path are registered
+// in Python (hmar_kernels/ops.py); hmar_kernels/cuda.py calls fwd() below, and so does the C++ autograd path
+// (native_attention.cpp).
 //
 // Only CPU-side torch headers are used (no c10/cuda): the caller passes its current CUDA stream as an integer,
 // so this file also compiles against a CPU build of torch (CI).
@@ -16,7 +17,7 @@
 
 #include "flash.h"
 #include "tile_size.h"
-#include "triton_attention.h"
+#include "native_attention.h"
 
 namespace {
 
@@ -198,8 +199,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("fwd_tile", &fwd_tile, "(block_m, block_n) of the forward tile", py::arg("head_dim"), py::arg("config"));
     m.def("built", &built, "dtypes, head dims and configs compiled into this build");
     m.def("sm_count", &sm_count, "number of SMs of a CUDA device", py::arg("device"));
-    m.def("register_triton_plan", &register_triton_plan, "register the Triton kernels of one plan; returns its id",
-          py::arg("launches"), py::arg("codes"), py::arg("tables"), py::arg("like"), py::arg("poison"));
-    m.def("triton_attention", &triton_attention, "the Triton kernels of a plan under a C++ autograd Function",
-          py::arg("q"), py::arg("k"), py::arg("v"), py::arg("plan"));
+    m.def("register_plan", &register_plan, "register the kernels of one forward + backward plan; returns its id",
+          py::arg("launches"), py::arg("codes"), py::arg("tables"), py::arg("like"), py::arg("poison"),
+          py::arg("cuda_forward"));
+    m.def("native_attention", &native_attention, "a plan's kernels under a C++ autograd Function", py::arg("q"),
+          py::arg("k"), py::arg("v"), py::arg("plan"));
 }

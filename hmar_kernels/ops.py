@@ -10,8 +10,8 @@ and the Triton kernels also run on CPU tensors under TRITON_INTERPRET=1, which I
 
 Eager calls go through ``_EagerAttention`` (a plain autograd.Function over the same backend functions) instead:
 the custom-op machinery costs ~250 µs of Python per forward + backward against ~90 µs (no-op backend, CPU), and
-at 256 px the host, not the GPU, bounds the step. Eager "triton" calls on CUDA go further: a C++ autograd
-Function launches the compiled kernels (triton/native.py). ``attention_op`` picks the path.
+at 256 px the host, not the GPU, bounds the step. Eager "triton" and "cuda" calls on CUDA go further: a
+C++ autograd Function launches the kernels (native.py). ``attention_op`` picks the path.
 """
 from __future__ import annotations
 
@@ -102,13 +102,13 @@ class _EagerAttention(torch.autograd.Function):
 
 def attention_op(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], softmax_scale: float,
                  backend: str) -> torch.Tensor:
-    """out (B, H, L, D) of a kernel backend: the custom op under torch.compile; in eager, the Triton kernels
-    launched from C++ where the extension has them (triton/native.py), else the lean Function, or the backend
-    itself when no gradient is wanted."""
+    """out (B, H, L, D) of a kernel backend: the custom op under torch.compile; in eager, the kernels launched
+    from C++ where the extension has the launcher (native.py), else the lean Function, or the backend itself when
+    no gradient is wanted."""
     if torch.compiler.is_compiling():
         return attention_forward(q, k, v, patch_nums, row_bits, softmax_scale, backend)[0]
-    if backend == "triton":
-        plan = native().plan_id(q, k, v, patch_nums, row_bits, softmax_scale)
+    if backend in ("triton", "cuda"):
+        plan = native().plan_id(backend, q, k, v, patch_nums, row_bits, softmax_scale)
         if plan is not None:
             return native().attention(q, k, v, plan)
     if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
@@ -118,5 +118,5 @@ def attention_op(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...]
 
 @functools.lru_cache(maxsize=1)
 def native():
-    """hmar_kernels.triton.native (imported on first use: it imports Triton)."""
-    return importlib.import_module("hmar_kernels.triton.native")
+    """hmar_kernels.native (imported on first use: it imports Triton)."""
+    return importlib.import_module("hmar_kernels.native")

@@ -1,9 +1,10 @@
-"""The Triton kernels launched from C++ (triton/native.py, csrc/triton_attention.cpp), the path eager
-``attention(..., backend="triton")`` takes on CUDA when the extension is built.
+"""The kernel backends under the C++ autograd Function (hmar_kernels/native.py, csrc/native_attention.cpp): the
+path eager ``attention(..., backend="triton" or "cuda")`` takes on CUDA when the extension is built.
 
 Each case checks the output and all three gradients against the float64 reference (check_close's rule), with
 outputs poisoned with NaN before the kernels run, and bit for bit against the same kernels launched from Python
-(the custom op): a parameter the C++ side fills wrongly shows up as a mismatch even where the error stays small.
+(the custom op, whose autograd runs in Python): a parameter the C++ side fills wrongly shows up as a mismatch
+even where the error stays small.
 Skips with the reason without a CUDA device or without the extension (HMAR_CUDA_JIT=1 builds it).
 """
 import numpy as np
@@ -11,14 +12,14 @@ import pytest
 import torch
 
 from conftest import HAS_CUDA, REAL_SCHEDULES, check_close, pattern_bits, pattern_of_kind, random_schedule
-from hmar_kernels import attention, kernel_options, ops
+from hmar_kernels import attention, cuda, kernel_options, ops
 from hmar_kernels.reference import reference_attention
 
 
 def _problem():
     if not HAS_CUDA:
         return "needs a CUDA device (none found)"
-    from hmar_kernels.triton import native
+    from hmar_kernels import native
 
     return native._extension()[1]
 
@@ -35,8 +36,15 @@ def _inputs(shape, dtype, layout):
     return [torch.randn(shape, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3)]
 
 
+def _skip_unless_runs(backend, dtype, head_dim):
+    why = cuda.problem(torch.device("cuda", 0), dtype, head_dim) if backend == "cuda" else None
+    if why:
+        pytest.skip(why)
+
+
 def run_native_and_check(patch_nums, row_bits, batch, heads, head_dim, dtype, scale, layout="contiguous",
-                         dout_kind="random"):
+                         dout_kind="random", backend="triton"):
+    _skip_unless_runs(backend, dtype, head_dim)
     length = sum(p * p for p in patch_nums)
     shape = (batch, heads, length, head_dim)
     q, k, v = (t.detach() for t in _inputs(shape, dtype, layout))
@@ -48,11 +56,11 @@ def run_native_and_check(patch_nums, row_bits, batch, heads, head_dim, dtype, sc
 
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     with kernel_options(poison_outputs=True):
-        out = attention(*leaves, patch_nums, pattern, scale, backend="triton")
-        assert "TritonAttention" in out.grad_fn.name(), f"not the C++ path: {out.grad_fn.name()}"
+        out = attention(*leaves, patch_nums, pattern, scale, backend=backend)
+        assert "NativeAttention" in out.grad_fn.name(), f"not the C++ path: {out.grad_fn.name()}"
         grads = torch.autograd.grad(out, leaves, dout)
         python_leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        python_out, _ = ops.attention_forward(*python_leaves, patch_nums, row_bits, scale, "triton")
+        python_out, _ = ops.attention_forward(*python_leaves, patch_nums, row_bits, scale, backend)
         python_grads = torch.autograd.grad(python_out, python_leaves, dout)
 
     golden_in = [t.double().requires_grad_() for t in (q, k, v)]
@@ -68,7 +76,7 @@ def run_native_and_check(patch_nums, row_bits, batch, heads, head_dim, dtype, sc
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_random_schedules(seed):
+def test_random_schedules_triton(seed):
     """Random schedules, the three pattern kinds, all dtypes and head dims, B and H of 1 (Triton specialises
     ints equal to 1 away), strided inputs on odd seeds."""
     rng = np.random.default_rng(500 + seed)
@@ -81,15 +89,36 @@ def test_random_schedules(seed):
                          scale=float(rng.uniform(0.05, 0.5)), layout=("contiguous", "fused_qkv")[seed % 2])
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_random_schedules_cuda(seed):
+    """The CUDA forward called from C++ (its tables, scheduler counter and stream) under random schedules."""
+    rng = np.random.default_rng(700 + seed)
+    torch.manual_seed(seed)
+    patch_nums = random_schedule(rng, max_scales=5, max_side=12)
+    run_native_and_check(patch_nums, pattern_of_kind(rng, seed, len(patch_nums)), batch=int(rng.integers(1, 3)),
+                         heads=int(rng.integers(1, 4)), head_dim=(64, 128)[seed % 2],
+                         dtype=(torch.bfloat16, torch.float16)[(seed // 2) % 2], scale=float(rng.uniform(0.05, 0.5)),
+                         layout=("contiguous", "fused_qkv")[(seed // 4) % 2], backend="cuda")
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("px", [256, 1024])
 @pytest.mark.parametrize("pattern", ["block_diagonal", "block_causal"])
-def test_real_schedules(px, pattern):
+def test_real_schedules(backend, px, pattern):
     from hmar_kernels.schedule import named_pattern_bits
 
     torch.manual_seed(px)
     pn = REAL_SCHEDULES[px]
     run_native_and_check(pn, named_pattern_bits(pattern, len(pn)), batch=2, heads=3, head_dim=64,
-                         dtype=torch.bfloat16, scale=0.125)
+                         dtype=torch.bfloat16, scale=0.125, backend=backend)
+
+
+@pytest.mark.parametrize("scheduler", ["dynamic", "static", "grid"])
+def test_cuda_schedulers(scheduler):
+    torch.manual_seed(5)
+    with kernel_options(cuda_scheduler=scheduler):
+        run_native_and_check(REAL_SCHEDULES[512], pattern_bits(np.tril(np.ones((10, 10), dtype=bool))), batch=1,
+                             heads=2, head_dim=64, dtype=torch.bfloat16, scale=0.125, backend="cuda")
 
 
 def test_broadcast_dout():
@@ -99,12 +128,14 @@ def test_broadcast_dout():
                          head_dim=64, dtype=torch.float16, scale=0.125, dout_kind="broadcast")
 
 
-def test_no_grad_forward_matches():
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_no_grad_forward_matches(backend):
+    _skip_unless_runs(backend, torch.bfloat16, 64)
     torch.manual_seed(2)
     pn = REAL_SCHEDULES[256]
     q, k, v = (torch.randn(1, 2, 680, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     with torch.no_grad(), kernel_options(poison_outputs=True):
-        out = attention(q, k, v, pn, "block_causal", backend="triton")
+        out = attention(q, k, v, pn, "block_causal", backend=backend)
     from hmar_kernels.schedule import named_pattern_bits
 
     golden, _ = reference_attention(q.double(), k.double(), v.double(), pn, named_pattern_bits("block_causal", 10),
@@ -116,7 +147,8 @@ def test_no_grad_forward_matches():
 def test_register_refuses_codes_that_do_not_match_the_kernel():
     """A parameter list that differs from the cubin's is refused at registration, never launched."""
     from hmar_kernels.api import _plan
-    from hmar_kernels.triton import launch, native
+    from hmar_kernels import native
+    from hmar_kernels.triton import launch
 
     pn = (1, 2, 3)
     q, k, v = (torch.randn(1, 1, 14, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
@@ -130,7 +162,7 @@ def test_register_refuses_codes_that_do_not_match_the_kernel():
     spec = native._launch_spec(kernel, call)
     ext = native._extension()[0]
     good = [spec, spec, spec], [codes, codes, codes]
-    assert ext.register_triton_plan(*good, list(call.tables.tensors), q, False) >= 0
+    assert ext.register_plan(*good, list(call.tables.tensors), q, False, None) >= 0
     for broken in (codes[:-1], codes + [[native.POINTER, 0]], [[native.INT64, 0]] + codes[1:]):
         with pytest.raises(ValueError, match="do not match the compiled kernel"):
-            ext.register_triton_plan([spec] * 3, [codes, codes, broken], list(call.tables.tensors), q, False)
+            ext.register_plan([spec] * 3, [codes, codes, broken], list(call.tables.tensors), q, False, None)

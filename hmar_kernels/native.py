@@ -1,15 +1,16 @@
-"""The Triton backend's kernels under a C++ autograd Function (csrc/triton_attention.cpp).
+"""The kernel backends ("triton", "cuda") under a C++ autograd Function (csrc/native_attention.cpp).
 
 Why: with autograd, a Python Function's backward runs in the autograd engine's device thread, and there the same
 Python launch code ran ~2× slower than on the calling thread (bench/engine_timeline.py, H100 host, 256 px:
 fwd+bwd 540 µs of host time with threads, 352 µs with ``torch.autograd.set_multithreading_enabled(False)``; SDPA
-229 µs either way). Here the kernels Triton compiled are launched from C++ in both passes: no Python runs in the
-backward at all.
+229 µs either way). Here the kernels Triton compiled are launched from C++ in both passes (for "cuda", the CUDA
+forward is called from C++ too): no Python runs in the backward at all.
 
-A plan is built once per (schedule, pattern, scale, shape, dtype, device, kernel options): the Python path runs
-one forward and backward (compiling and autotuning as usual), then each compiled kernel's parameter list (read
-from Triton's signature) is turned into ParamCodes (csrc/triton_launch.h) that say where every parameter's value
-comes from, and registered with the extension, which checks them against the cubin's parameter sizes.
+A plan is built once per (backend, schedule, pattern, scale, shape, dtype, device, kernel options): the Python
+path runs one forward and backward (compiling and autotuning as usual), then each compiled Triton kernel's
+parameter list (read from Triton's signature) is turned into ParamCodes (csrc/triton_launch.h) that say where
+every parameter's value comes from, and registered with the extension, which checks them against the cubin's
+parameter sizes.
 """
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ import warnings
 
 import torch
 
-from ..buffers import tma_ready
-from ..options import current_options
-from . import launch
-from .launcher import KernelCall, _launch_hooks_set
+from . import cuda
+from .buffers import tma_ready
+from .options import current_options
+from .schedule import forward_tables
+from .triton import launch
+from .triton.launcher import KernelCall, _launch_hooks_set
 
 # The tensors a plan's kernels read, in csrc/triton_launch.h's Slot order.
 SLOTS = ("q", "k", "v", "out", "lse", "dout", "delta", "dq", "dk", "dv")
@@ -35,10 +38,8 @@ class Unsupported(Exception):
 
 
 def _extension():
-    from .. import cuda
-
     ext, why = cuda._extension()
-    if ext is not None and not hasattr(ext, "triton_attention"):
+    if ext is not None and not hasattr(ext, "native_attention"):
         return None, "the built CUDA extension predates the C++ launcher; rebuild it"
     return ext, why
 
@@ -89,22 +90,34 @@ def _launch_spec(kernel, call: KernelCall) -> list[int]:
     return [int(kernel.function), 32 * meta.num_warps, meta.shared, *call.grid]
 
 
-def _build(q, k, v, patch_nums, row_bits, softmax_scale) -> int:
+def _cuda_forward_spec(q, patch_nums, row_bits, softmax_scale) -> tuple:
+    """What the C++ side passes to the CUDA forward besides q, k, v (as hmar_kernels.cuda.forward does)."""
+    options = current_options()
+    B, H, L, D = q.shape
+    tables = forward_tables(patch_nums, row_bits, *cuda.fwd_tile(D, options.cuda_fwd_config), B * H, q.device)
+    num_ctas = tables.programs if options.cuda_scheduler == "grid" else 0
+    return (list(tables.tensors), softmax_scale, options.cuda_fwd_config, num_ctas,
+            options.cuda_scheduler == "dynamic")
+
+
+def _build(backend, q, k, v, patch_nums, row_bits, softmax_scale) -> int:
     """Runs the Python path once on these inputs (compiling, autotuning) and registers its kernels; the plan id."""
     ext, why = _extension()
     if ext is None:
         raise Unsupported(why)
     q, k, v = (tma_ready(t.detach()) for t in (q, k, v))
-    out, lse = launch.forward(q, k, v, patch_nums, row_bits, softmax_scale)
+    forward = launch.forward if backend == "triton" else cuda.forward
+    out, lse = forward(q, k, v, patch_nums, row_bits, softmax_scale)
     dout = torch.zeros_like(out)
     delta = torch.empty_like(lse)
     dq, dk, dv = launch.backward(dout, q, k, v, out, lse, patch_nums, row_bits, softmax_scale)
-    calls = [launch.fwd_call(launch.fwd_config(q, k, v, out, lse, patch_nums, row_bits, softmax_scale),
-                             q, k, v, out, lse, patch_nums, row_bits, softmax_scale),
-             launch.preprocess_call(out, dout, delta),
+    calls = [launch.preprocess_call(out, dout, delta),
              launch.bwd_call(launch.bwd_config(dout, q, k, v, lse, delta, dq, dk, dv, patch_nums, row_bits,
                                                softmax_scale),
                              dout, q, k, v, lse, delta, dq, dk, dv, patch_nums, row_bits, softmax_scale)]
+    if backend == "triton":
+        calls.insert(0, launch.fwd_call(launch.fwd_config(q, k, v, out, lse, patch_nums, row_bits, softmax_scale),
+                                        q, k, v, out, lse, patch_nums, row_bits, softmax_scale))
     slots = {id(t): i for i, t in enumerate((q, k, v, out, lse, dout, delta, dq, dk, dv))}
     launches, codes, tables = [], [], []
     for call in calls:
@@ -114,30 +127,36 @@ def _build(q, k, v, patch_nums, row_bits, softmax_scale) -> int:
         launches.append(_launch_spec(kernel, call))
         codes.append(param_codes(kernel, call, slots))
         tables += call.tables.tensors if call.tables is not None else ()
-    return ext.register_triton_plan(launches, codes, tables, q, current_options().poison_outputs)
+    cuda_forward = None
+    if backend == "cuda":
+        launches.insert(0, [])
+        codes.insert(0, [])
+        cuda_forward = _cuda_forward_spec(q, patch_nums, row_bits, softmax_scale)
+    return ext.register_plan(launches, codes, tables, q, current_options().poison_outputs, cuda_forward)
 
 
 _plans: dict = {}
 _warned: set = set()
 
 
-def plan_id(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], softmax_scale: float) -> int | None:
+def plan_id(backend: str, q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...],
+            softmax_scale: float) -> int | None:
     """The C++ plan for these inputs (built on first use), or None where the Python path must run (CPU, launch
     hooks set, a CUDA graph capture before the plan exists, no extension or an unsupported Triton: said once)."""
     if q.device.type != "cuda" or q.numel() == 0:
         return None
-    key = (patch_nums, row_bits, softmax_scale, q.shape, q.dtype, q.device, current_options())
+    key = (backend, patch_nums, row_bits, softmax_scale, q.shape, q.dtype, q.device, current_options())
     plan = _plans.get(key, False)
     if plan is False:
         if torch.cuda.is_current_stream_capturing():
             return None  # building runs and times kernels: not inside a capture
         try:
-            plan = _build(q, k, v, patch_nums, row_bits, softmax_scale)
+            plan = _build(backend, q, k, v, patch_nums, row_bits, softmax_scale)
         except (Unsupported, ValueError) as error:
             plan = None
             if str(error) not in _warned:
                 _warned.add(str(error))
-                warnings.warn(f"backend 'triton': kernels launched from Python, because {error}; the backward "
+                warnings.warn(f"backend {backend!r}: kernels launched from Python, because {error}; the backward "
                               "then runs Python in the autograd engine's thread (~200 µs more host time per "
                               "fwd+bwd at 256 px)", stacklevel=4)
         _plans[key] = plan
@@ -148,4 +167,4 @@ def plan_id(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], sof
 
 def attention(q, k, v, plan: int) -> torch.Tensor:
     """out (B, H, L, D) of plan ``plan``; differentiable in q, k, v."""
-    return _extension()[0].triton_attention(q, k, v, plan)
+    return _extension()[0].native_attention(q, k, v, plan)
