@@ -129,12 +129,14 @@ def test_broadcast_dout():
 
 
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
-def test_no_grad_forward_matches(backend):
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_forward_without_grad_matches(backend, mode):
     _skip_unless_runs(backend, torch.bfloat16, 64)
     torch.manual_seed(2)
     pn = REAL_SCHEDULES[256]
     q, k, v = (torch.randn(1, 2, 680, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    with torch.no_grad(), kernel_options(poison_outputs=True):
+    context = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
+    with context, kernel_options(poison_outputs=True):
         out = attention(q, k, v, pn, "block_causal", backend=backend)
     from hmar_kernels.schedule import named_pattern_bits
 
@@ -142,6 +144,26 @@ def test_no_grad_forward_matches(backend):
                                     64 ** -0.5)
     base, _ = reference_attention(q, k, v, pn, named_pattern_bits("block_causal", 10), 64 ** -0.5)
     check_close("out", out, golden, base)
+
+
+def test_gradient_only_for_inputs_that_require_it():
+    """q alone requires grad (k, v fixed): its gradient matches the reference, and k, v get none."""
+    torch.manual_seed(4)
+    pn = (1, 2, 3, 4)
+    q, k, v = (torch.randn(2, 2, 30, 64, device="cuda", dtype=torch.float16) for _ in range(3))
+    dout = torch.randn_like(q)
+    leaf = q.clone().requires_grad_()
+    out = attention(leaf, k, v, pn, "block_causal", backend="triton")
+    out.backward(dout)
+    assert k.grad is None and v.grad is None
+    from hmar_kernels.schedule import named_pattern_bits
+
+    bits = named_pattern_bits("block_causal", 4)
+    golden_q = q.double().requires_grad_()
+    reference_attention(golden_q, k.double(), v.double(), pn, bits, 0.125)[0].backward(dout.double())
+    base_q = q.clone().requires_grad_()
+    reference_attention(base_q, k, v, pn, bits, 0.125)[0].backward(dout)
+    check_close("dq", leaf.grad, golden_q.grad, base_q.grad)
 
 
 def test_register_refuses_codes_that_do_not_match_the_kernel():
