@@ -65,6 +65,17 @@ def time_cuda(call: Callable[[int], object], warmup: int = 3, reps: int = 20, wa
     return Timing(statistics.median(times), min(times), reps)
 
 
+def time_interleaved(calls: dict, rounds: int = 5, reps: int = 2) -> dict:
+    """Median ms of each ``calls[name](i)``, timed by ``time_cuda`` in alternating rounds (all names once per
+    round), so that drift in host speed, which moves host-bound calls by ±20% within one loan of the device
+    machine, hits every entry alike instead of whichever ran last."""
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            times[name].append(time_cuda(call, warmup=1, reps=reps).median_ms)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def time_steady(call: Callable[[int], object], warmup_ms: float = 25.0, rep_ms: float = 100.0) -> float:
     """Median ms of ``call(i)`` timed as ``triton.testing.do_bench`` times (the methodology of the anchors in
     kernel_targets.md): calls back to back with an L2 flush between them, so a call's host overhead overlaps the

@@ -286,28 +286,32 @@ def run_e2e(args, device, meta) -> list[dict]:
             continue
         for px in args.px:
             for dtype in args.dtypes:
-                backends = args.e2e_backends if bench == "train" else ["auto"]
-                for backend in backends:
-                    label = f"e2e {bench} {kind} {px}px {dtype} B={args.batch} d{args.e2e_depth} {backend}"
+                label = f"e2e {bench} {kind} {px}px {dtype} B={args.batch} d{args.e2e_depth}"
+                calls = {}
+                for backend in (args.e2e_backends if bench == "train" else ["auto"]):
                     try:
-                        if bench == "train":
-                            call = train_step_call(kind, bm.SCHEDULES[px], args.batch, args.e2e_depth,
-                                                   bm.DTYPES[dtype], backend, device)
-                        else:
-                            call = sample_call(kind, bm.SCHEDULES[px], args.batch, args.e2e_depth, bm.DTYPES[dtype],
-                                               device)
-                        timing = bm.time_cuda(call, warmup=1, reps=max(3, args.reps // 4))
-                        peak = bm.peak_memory_mb(lambda: call(0))
+                        calls[backend] = (train_step_call(kind, bm.SCHEDULES[px], args.batch, args.e2e_depth,
+                                                          bm.DTYPES[dtype], backend, device) if bench == "train" else
+                                          sample_call(kind, bm.SCHEDULES[px], args.batch, args.e2e_depth,
+                                                      bm.DTYPES[dtype], device))
                     except torch.cuda.OutOfMemoryError:
-                        print(f"{label}: out of memory", flush=True)
+                        print(f"{label} {backend}: out of memory", flush=True)
                         torch.cuda.empty_cache()
-                        continue
+                try:  # backends alternate, so host-speed drift does not favour one (the 256 px step is host-bound)
+                    times = bm.time_interleaved(calls, rounds=max(3, args.reps // 4))
+                    peaks = {backend: bm.peak_memory_mb(lambda: call(0)) for backend, call in calls.items()}
+                except torch.cuda.OutOfMemoryError:
+                    print(f"{label}: out of memory", flush=True)
+                    calls.clear()
+                    torch.cuda.empty_cache()
+                    continue
+                for backend in calls:
                     rows.append({**meta, "bench": bench, "model": kind, "px": px, "B": args.batch,
                                  "depth": args.e2e_depth, "dtype": dtype, "backend": backend,
-                                 "ms": timing.median_ms, "peak_mem_mb": peak})
-                    print(f"{label}: {timing.median_ms:.2f} ms, {peak:.0f} MiB", flush=True)
-                    del call
-                    torch.cuda.empty_cache()
+                                 "ms": times[backend], "peak_mem_mb": peaks[backend]})
+                    print(f"{label} {backend}: {times[backend]:.2f} ms, {peaks[backend]:.0f} MiB", flush=True)
+                calls.clear()
+                torch.cuda.empty_cache()
     return rows
 
 
