@@ -10,7 +10,7 @@ A plan is built once per (backend, schedule, pattern, scale, shape, dtype, devic
 path runs one forward and backward (compiling and autotuning as usual), then each compiled Triton kernel's
 parameter list (read from Triton's signature) is turned into ParamCodes (csrc/triton_launch.h) that say where
 every parameter's value comes from, and registered with the extension, which checks them against the cubin's
-parameter sizes.
+parameter sizes. Plans live as long as the process (a few hundred bytes each, plus the schedule tables they keep).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from .buffers import tma_ready
 from .options import current_options
 from .schedule import forward_tables
 from .triton import launch
-from .triton.launcher import KernelCall, _launch_hooks_set
+from .triton.launcher import KernelCall, launch_hooks_set
 
 # The tensors a plan's kernels read, in csrc/triton_launch.h's Slot order.
 SLOTS = ("q", "k", "v", "out", "lse", "dout", "delta", "dq", "dk", "dv")
@@ -160,7 +160,7 @@ def plan_id(backend: str, q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[
                               "then runs Python in the autograd engine's thread (~200 µs more host time per "
                               "fwd+bwd at 256 px)", stacklevel=4)
         _plans[key] = plan
-    if plan is not None and _launch_hooks_set():
+    if plan is not None and launch_hooks_set():
         return None  # a profiler's launch hooks see only launches that go through Triton
     return plan
 

@@ -69,7 +69,7 @@ def test_launch_hooks_go_through_triton(fake_stream, monkeypatch):
     fn = FakeJit()
     launch = launcher.CachedLaunch(fn)
     x = torch.zeros(64, dtype=torch.float16)
-    monkeypatch.setattr(launcher, "_launch_hooks_set", lambda: True)
+    monkeypatch.setattr(launcher, "launch_hooks_set", lambda: True)
     for _ in range(2):
         launch((1, 1, 1), [x], None, (64,), 4, 3)
     assert [entry[0] for entry in fn.log] == ["triton", "triton"]

@@ -188,3 +188,13 @@ def test_register_refuses_codes_that_do_not_match_the_kernel():
     for broken in (codes[:-1], codes + [[native.POINTER, 0]], [[native.INT64, 0]] + codes[1:]):
         with pytest.raises(ValueError, match="do not match the compiled kernel"):
             ext.register_plan([spec] * 3, [codes, codes, broken], list(call.tables.tensors), q, False, None)
+
+
+def test_launch_hooks_route_calls_through_triton(monkeypatch):
+    """With a profiler's launch hooks installed, calls go through Triton's launcher (which calls the hooks)."""
+    from hmar_kernels import native
+
+    q, k, v = (torch.randn(1, 2, 14, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    assert "NativeAttention" in attention(q, k, v, (1, 2, 3), backend="triton").grad_fn.name()
+    monkeypatch.setattr(native, "launch_hooks_set", lambda: True)
+    assert "NativeAttention" not in attention(q, k, v, (1, 2, 3), backend="triton").grad_fn.name()

@@ -43,7 +43,7 @@ def _hook_set(hook) -> bool:
     return hook is not None and bool(getattr(hook, "calls", True))
 
 
-def _launch_hooks_set() -> bool:
+def launch_hooks_set() -> bool:
     """Whether a launch hook (e.g. a profiler) is installed: then every launch goes through Triton, which
     builds the hooks' metadata."""
     runtime = getattr(getattr(triton, "knobs", None), "runtime", None)
@@ -69,7 +69,7 @@ class CachedLaunch:
         key, run_args, device = self._specialise(args, constexprs, num_warps, num_stages)
         kernel = self.compiled.get(key)
         table_tensors = tables.tensors if tables is not None else ()
-        if kernel is None or _launch_hooks_set():
+        if kernel is None or launch_hooks_set():
             kernel = self.fn[grid](*args, *table_tensors, *constexprs, num_warps=num_warps, num_stages=num_stages)
             if all(hasattr(kernel, name) for name in _COMPILED_API):
                 self.compiled[key] = kernel
