@@ -38,6 +38,13 @@ struct ParamBlock {
     void* pointers[kMaxMaps + kMaxScalars];
 };
 
+// Stride of dimension dim in elements as a tensor descriptor carries it: a size-1 dimension gets the innermost
+// size (any stride is valid there; TMA wants a multiple of 16 bytes), the innermost dimension 1.
+int64_t descriptor_stride(TensorRef const& t, int dim) {
+    if (dim == t.rank - 1) { return 1; }
+    return t.sizes[dim] > 1 ? t.strides[dim] : t.sizes[t.rank - 1];
+}
+
 // The tensor map Triton's fill_tma_descriptor builds for a descriptor over t with box `code.box`.
 std::string encode_tensor_map(CUtensorMap* map, ParamCode const& code, TensorRef const& t) {
     cuuint64_t dims[kMaxRank], strides[kMaxRank];
@@ -49,9 +56,7 @@ std::string encode_tensor_map(CUtensorMap* map, ParamCode const& code, TensorRef
         element_strides[i] = 1;
     }
     for (int i = 0; i + 1 < rank; ++i) {  // byte strides of all but the innermost dimension
-        int const dim = rank - 2 - i;
-        int64_t const stride = t.sizes[dim] > 1 ? t.strides[dim] : t.sizes[rank - 1];
-        strides[i] = cuuint64_t(stride * t.element_size);
+        strides[i] = cuuint64_t(descriptor_stride(t, rank - 2 - i) * t.element_size);
     }
     CUresult const status = cuTensorMapEncodeTiled(
         map, CUtensorMapDataType(code.element_type), cuuint32_t(rank), t.data, dims, strides, box, element_strides,
@@ -158,13 +163,7 @@ std::string launch(TritonKernel const& kernel, CUstream stream, TensorRef const*
                 std::memcpy(cell, &size, 4);
                 break;
             }
-            case ParamCode::kStride: {
-                // As the descriptor passes them: a size-1 dimension carries the innermost size, the last is 1.
-                int64_t const stride = p.dim == t.rank - 1 ? 1 : t.sizes[p.dim] > 1 ? t.strides[p.dim]
-                                                                                    : t.sizes[t.rank - 1];
-                *cell = stride;
-                break;
-            }
+            case ParamCode::kStride: *cell = descriptor_stride(t, p.dim); break;
             default: *cell = p.value; break;  // kPointer, kInt64
         }
         block.pointers[n++] = cell;

@@ -17,7 +17,7 @@ import torch
 
 from .buffers import current_stream, new_output, tma_ready
 from .options import current_options
-from .schedule import forward_tables
+from .schedule import LaunchTables, forward_tables
 
 JIT_ENV = "HMAR_CUDA_JIT"
 KERNEL_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -103,20 +103,28 @@ def _scheduler_counter(device: torch.device, stream: int):
     return counter
 
 
+def launch_setup(patch_nums, row_bits, shape, device) -> tuple[LaunchTables, int, int, bool]:
+    """What a forward launch reads besides its tensors, under the current kernel options: (tables, tile config,
+    grid size (0: one CTA per SM), whether it schedules dynamically). Shared with the C++ path (native.py)."""
+    options = current_options()
+    B, H, L, D = shape
+    tables = forward_tables(patch_nums, row_bits, *fwd_tile(D, options.cuda_fwd_config), B * H, device)
+    num_ctas = tables.programs if options.cuda_scheduler == "grid" else 0
+    return tables, options.cuda_fwd_config, num_ctas, options.cuda_scheduler == "dynamic"
+
+
 def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], softmax_scale: float):
     """q, k, v: (B, H, L, D) bf16/fp16 on an sm90 GPU → out (B, H, L, D) in q's dtype, lse (B, H, L) fp32
     (natural log; -inf for rows that see no key)."""
     ext = module()
     q, k, v = (tma_ready(t) for t in (q, k, v))
     B, H, L, D = q.shape
-    options = current_options()
-    tables = forward_tables(patch_nums, row_bits, *fwd_tile(D, options.cuda_fwd_config), B * H, q.device)
+    tables, config, num_ctas, dynamic = launch_setup(patch_nums, row_bits, q.shape, q.device)
     out = new_output((B, H, L, D), q.dtype, q.device)
     lse = new_output((B, H, L), torch.float32, q.device)
     stream = current_stream(q.device.index)
-    num_ctas = tables.programs if options.cuda_scheduler == "grid" else 0  # 0: one CTA per SM
-    counter = _scheduler_counter(q.device, stream) if options.cuda_scheduler == "dynamic" else None
-    ext.fwd(q, k, v, out, lse, *tables.tensors, softmax_scale, options.cuda_fwd_config, num_ctas, counter, stream)
+    counter = _scheduler_counter(q.device, stream) if dynamic else None
+    ext.fwd(q, k, v, out, lse, *tables.tensors, softmax_scale, config, num_ctas, counter, stream)
     return out, lse
 
 

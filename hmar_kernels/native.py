@@ -14,15 +14,15 @@ parameter sizes. Plans live as long as the process (a few hundred bytes each, pl
 """
 from __future__ import annotations
 
+import functools
 import struct
-import warnings
 
 import torch
 
 from . import cuda
+from .api import _warn_once
 from .buffers import tma_ready
 from .options import current_options
-from .schedule import forward_tables
 from .triton import launch
 from .triton.launcher import KernelCall, launch_hooks_set
 
@@ -90,16 +90,6 @@ def _launch_spec(kernel, call: KernelCall) -> list[int]:
     return [int(kernel.function), 32 * meta.num_warps, meta.shared, *call.grid]
 
 
-def _cuda_forward_spec(q, patch_nums, row_bits, softmax_scale) -> tuple:
-    """What the C++ side passes to the CUDA forward besides q, k, v (as hmar_kernels.cuda.forward does)."""
-    options = current_options()
-    B, H, L, D = q.shape
-    tables = forward_tables(patch_nums, row_bits, *cuda.fwd_tile(D, options.cuda_fwd_config), B * H, q.device)
-    num_ctas = tables.programs if options.cuda_scheduler == "grid" else 0
-    return (list(tables.tensors), softmax_scale, options.cuda_fwd_config, num_ctas,
-            options.cuda_scheduler == "dynamic")
-
-
 def _build(backend, q, k, v, patch_nums, row_bits, softmax_scale) -> int:
     """Runs the Python path once on these inputs (compiling, autotuning) and registers its kernels; the plan id."""
     ext, why = _extension()
@@ -118,7 +108,8 @@ def _build(backend, q, k, v, patch_nums, row_bits, softmax_scale) -> int:
     if backend == "triton":
         calls.insert(0, launch.fwd_call(launch.fwd_config(q, k, v, out, lse, patch_nums, row_bits, softmax_scale),
                                         q, k, v, out, lse, patch_nums, row_bits, softmax_scale))
-    slots = {id(t): i for i, t in enumerate((q, k, v, out, lse, dout, delta, dq, dk, dv))}
+    named = dict(q=q, k=k, v=v, out=out, lse=lse, dout=dout, delta=delta, dq=dq, dk=dk, dv=dv)
+    slots = {id(named[name]): slot for slot, name in enumerate(SLOTS)}
     launches, codes, tables = [], [], []
     for call in calls:
         kernel = call.compiled_kernel()
@@ -128,15 +119,15 @@ def _build(backend, q, k, v, patch_nums, row_bits, softmax_scale) -> int:
         codes.append(param_codes(kernel, call, slots))
         tables += call.tables.tensors if call.tables is not None else ()
     cuda_forward = None
-    if backend == "cuda":
+    if backend == "cuda":  # the CUDA forward's arguments, as cuda.forward passes them
         launches.insert(0, [])
         codes.insert(0, [])
-        cuda_forward = _cuda_forward_spec(q, patch_nums, row_bits, softmax_scale)
+        fwd_tables, config, num_ctas, dynamic = cuda.launch_setup(patch_nums, row_bits, q.shape, q.device)
+        cuda_forward = (list(fwd_tables.tensors), softmax_scale, config, num_ctas, dynamic)
     return ext.register_plan(launches, codes, tables, q, current_options().poison_outputs, cuda_forward)
 
 
 _plans: dict = {}
-_warned: set = set()
 
 
 def plan_id(backend: str, q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...],
@@ -154,11 +145,8 @@ def plan_id(backend: str, q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[
             plan = _build(backend, q, k, v, patch_nums, row_bits, softmax_scale)
         except (Unsupported, ValueError) as error:
             plan = None
-            if str(error) not in _warned:
-                _warned.add(str(error))
-                warnings.warn(f"backend {backend!r}: kernels launched from Python, because {error}; the backward "
-                              "then runs Python in the autograd engine's thread (~200 µs more host time per "
-                              "fwd+bwd at 256 px)", stacklevel=4)
+            _warn_once(f"backend {backend!r}: kernels launched from Python, because {error}; the backward then "
+                       "runs Python in the autograd engine's thread (~200 µs more host time per fwd+bwd at 256 px)")
         _plans[key] = plan
     if plan is not None and launch_hooks_set():
         return None  # a profiler's launch hooks see only launches that go through Triton
@@ -167,4 +155,9 @@ def plan_id(backend: str, q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[
 
 def attention(q, k, v, plan: int) -> torch.Tensor:
     """out (B, H, L, D) of plan ``plan``; differentiable in q, k, v."""
-    return _extension()[0].native_attention(q, k, v, plan)
+    return _native_attention()(q, k, v, plan)
+
+
+@functools.lru_cache(maxsize=1)
+def _native_attention():
+    return _extension()[0].native_attention
