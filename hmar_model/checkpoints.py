@@ -78,8 +78,10 @@ def _read_file(path: str):
         except safetensors.SafetensorError as error:
             raise ValueError(f"{path}: not a valid .safetensors file ({error}); the file is damaged or not a "
                              "checkpoint") from error
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+    with open(path, "rb") as f:
+        zip_format = f.read(4) == b"PK\x03\x04"  # torch.save's format since 1.6; older files cannot be mapped
+    try:  # mapped: roles and shapes are checked before the data is read, and a model load copies it only once
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zip_format)
     except MemoryError:
         raise
     except pickle.UnpicklingError as error:

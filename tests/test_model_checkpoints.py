@@ -108,6 +108,15 @@ def test_safetensors_files_are_the_packages_format(tmp_path):
     assert not list(tmp_path.glob("*.partial"))  # written through a temporary file renamed into place
 
 
+def test_legacy_pickle_format_loads(models, tmp_path):
+    """Files from torch < 1.6 (not zip) cannot be memory-mapped: they are read whole."""
+    path = tmp_path / "legacy.pth"
+    torch.save(hm.official_state_dict(models["vqvae"]), path, _use_new_zipfile_serialization=False)
+    assert path.read_bytes()[:4] != b"PK\x03\x04"
+    loaded = hm.load_model(path, patch_nums=(1, 2, 3, 4))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), models["vqvae"].state_dict().values()))
+
+
 def _damaged_files(folder):
     """(path, what the error must say) for files torch.load / safetensors cannot read."""
     good = folder / "good.pth"
