@@ -202,11 +202,10 @@ def check_role(sd: Mapping[str, torch.Tensor], expected, origin: str = "checkpoi
     found = detect_format(sd)
     if found in expected or (found == "var_or_nsp" and {"var", "hmar_nsp"} & set(expected)):
         return found
-    wanted = " or ".join(ROLE_NAMES[r] for r in expected)
     if found is None:
         keys = ", ".join(list(sd)[:5]) or "none"
-        raise ValueError(f"{origin}: not a VQVAE, VAR or HMAR checkpoint (first keys: {keys}); expected a {wanted} "
-                         "checkpoint")
+        raise ValueError(f"{origin}: not a VQVAE, VAR or HMAR checkpoint (first keys: {keys})")
+    wanted = " or ".join(ROLE_NAMES[r] for r in expected)
     why = ""
     if {found, *expected} <= {"var", "hmar_nsp"}:
         why = (" (the keys are the same, the attention pattern is not: its mask buffer says "

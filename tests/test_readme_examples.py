@@ -4,7 +4,6 @@ same families (no network)."""
 import os
 import re
 
-import pytest
 import torch
 from huggingface_hub import constants
 
