@@ -142,7 +142,8 @@ def test_bad_settings_after_loading(files, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [([], "give --model"), (["--demo", "--model", "x.pth"], "drop --model"),
                                            (["--demo", "--num-images", "0"], "--num-images must be ≥ 1"),
-                                           (["--demo", "--patch-nums", "1,x"], "comma-separated integers")])
+                                           (["--demo", "--patch-nums", "1,x"], "comma-separated integers"),
+                                           (["--demo", "--patch-nums", "1,2"], "drop --patch-nums")])
 def test_usage_errors(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as info:
         sample.main(argv + ["--out", str(tmp_path / "x.png")])
@@ -157,9 +158,10 @@ def test_debug_shows_the_traceback(files, tmp_path):
 def test_demo_first_run_with_progress(tmp_path, capsys):
     pil = pytest.importorskip("PIL.Image")
     out = tmp_path / "demo.png"
-    code, err = run_cli(sample.main, ["--demo", "--classes", "1", "2", "--num-images", "2", "--out", str(out)],
-                        capsys)
-    assert code == 0 and "sampling" in err and "11/11" in err  # 10 scales + decoding
+    code = sample.main(["--demo", "--classes", "1", "2", "--num-images", "2", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0 and "sampling" in captured.err and "11/11" in captured.err  # 10 scales + decoding
+    assert "random-weight demo models" in captured.out and "--model hmar-d16" in captured.out
     assert pil.open(out).size == (2 * 66 + 2, 2 * 66 + 2)  # 64 px images, 2 px padding
     out = tmp_path / "edit.png"
     code, err = run_cli(edit.main, ["--demo", "--num-images", "1", "--refine-steps", "1", "--out", str(out)], capsys)

@@ -71,7 +71,8 @@ def add_model_arguments(parser: argparse.ArgumentParser):
 def check_model_arguments(parser: argparse.ArgumentParser, args):
     """Argument combinations argparse cannot express (usage errors: exit 2 with the usage line)."""
     if args.demo:
-        given = [f for f, v in (("--model", args.model), ("--mp", args.mp)) if v is not None]
+        given = [f for f, v in (("--model", args.model), ("--mp", args.mp), ("--patch-nums", args.patch_nums))
+                 if v is not None]
         if args.vae != "vqvae":
             given.append("--vae")
         if given:
@@ -212,6 +213,11 @@ def _load(model, sd, origin: str):
         return load_checkpoint(model, sd)
     except ValueError as error:
         raise ValueError(f"{origin}: {error}") from None
+
+
+def demo_note(args) -> str:
+    """Appended to the final line of a --demo run: what the images are and how to get real ones."""
+    return " (random-weight demo models: noise; for real images use e.g. --model hmar-d16)" if args.demo else ""
 
 
 def parse_mask_schedule(text: str | None):

@@ -15,8 +15,8 @@ import sys
 import torch
 
 from ..edit import inpaint, outpaint_canvas
-from .common import (DTYPES, add_model_arguments, check_input_image, check_model_arguments, int_list, load_image,
-                     load_models, prepare_run, run_command, save_grid)
+from .common import (DTYPES, add_model_arguments, check_input_image, check_model_arguments, demo_note, int_list,
+                     load_image, load_models, prepare_run, run_command, save_grid)
 
 PROG = "hmar-edit"
 
@@ -71,7 +71,7 @@ def run(args) -> int:
                   top_p=args.top_p, seed=args.seed, refine_steps=args.refine_steps, coverage=args.coverage,
                   refine_guidance=args.refine_guidance, dtype=DTYPES[args.dtype], progress=not args.no_progress)
     save_grid(torch.cat((image.to(out.device), out)), args.out, nrow=n + 1)
-    print(f"{PROG}: wrote the input and {n} edits to {args.out}")
+    print(f"{PROG}: wrote the input and {n} edits to {args.out}{demo_note(args)}")
     return 0
 
 

@@ -12,8 +12,8 @@ import argparse
 import sys
 
 from ..sampling import sample
-from .common import (DTYPES, add_model_arguments, check_model_arguments, load_models, parse_mask_schedule,
-                     prepare_run, run_command, save_grid)
+from .common import (DTYPES, add_model_arguments, check_model_arguments, demo_note, load_models,
+                     parse_mask_schedule, prepare_run, run_command, save_grid)
 
 PROG = "hmar-sample"
 
@@ -49,7 +49,7 @@ def run(args) -> int:
                     more_smooth=args.more_smooth, dtype=DTYPES[args.dtype], decode_chunk=args.decode_chunk,
                     progress=not args.no_progress)
     save_grid(images, args.out, nrow=args.num_images)
-    print(f"{PROG}: wrote {num} images ({tuple(images.shape[-2:])}) to {args.out}")
+    print(f"{PROG}: wrote {num} images ({tuple(images.shape[-2:])}) to {args.out}{demo_note(args)}")
     return 0
 
 
