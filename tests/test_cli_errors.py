@@ -150,6 +150,14 @@ def test_usage_errors(tmp_path, capsys, argv, message):
     assert info.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_out_of_gpu_memory_is_one_message(files, tmp_path, capsys, monkeypatch):
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore details")
+    monkeypatch.setattr(sample, "sample", oom)
+    expect_error(sample.main, sample_args(files, tmp_path), capsys, "out of GPU memory (CUDA out of memory.",
+                 "--num-images")
+
+
 def test_debug_shows_the_traceback(files, tmp_path):
     with pytest.raises(ValueError, match="the file is empty"):
         sample.main(sample_args(files, tmp_path, **{"--model": files["empty.pth"], "--debug": True}))

@@ -85,7 +85,8 @@ def check_model_arguments(parser: argparse.ArgumentParser, args):
 
 
 def run_command(prog: str, parser: argparse.ArgumentParser, body: Callable, argv=None) -> int:
-    """Parse, run ``body(args)``; user errors → one line on stderr and exit code 2 (``--debug``: the traceback)."""
+    """Parse, run ``body(args)``; user errors and running out of GPU memory → one message on stderr and exit
+    code 2 (``--debug``: the traceback)."""
     args = parser.parse_args(argv)
     try:
         return body(args)
@@ -93,6 +94,12 @@ def run_command(prog: str, parser: argparse.ArgumentParser, body: Callable, argv
         if args.debug:
             raise
         print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    except torch.cuda.OutOfMemoryError as error:
+        if args.debug:
+            raise
+        print(f"{prog}: error: out of GPU memory ({str(error).splitlines()[0]}); make fewer images at a time "
+              "(--num-images, --rows), decode in chunks (--decode-chunk) or use --dtype bf16", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if args.debug:
