@@ -90,6 +90,27 @@ def test_wrong_roles_and_misfits(files, tmp_path, capsys, no_building, flag, nam
     expect_error(sample.main, sample_args(files, tmp_path, **{flag: files[name]}), capsys, flag, files[name], *parts)
 
 
+def test_next_scale_and_masked_prediction_pair(files, tmp_path, capsys):
+    """--model NSP --mp MP samples what the composite file samples; the pair's roles are checked."""
+    nsp, mp = hm.hmar_to_nsp_mp(files["hmar"])
+    paths = {name: str(tmp_path / f"{name}.pth") for name in ("nsp", "mp")}
+    hm.save_checkpoint(nsp, paths["nsp"])
+    hm.save_checkpoint(mp, paths["mp"])
+    flags = {"--classes": "1", "--n-layers-train": "2", "--top-k": "5"}
+    assert sample.main(sample_args(files, tmp_path, **flags, **{"--out": str(tmp_path / "a.png")})) == 0
+    assert sample.main(sample_args(files, tmp_path, **flags, **{"--model": paths["nsp"], "--mp": paths["mp"],
+                                                                 "--out": str(tmp_path / "b.png")})) == 0
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    capsys.readouterr()
+    expect_error(sample.main, sample_args(files, tmp_path, **{"--model": paths["nsp"], "--mp": paths["nsp"]}),
+                 capsys, f"--mp {paths['nsp']}: is a VAR or HMAR-NSP checkpoint, not a HMAR masked-prediction",
+                 "pass it as --model")
+    expect_error(sample.main, sample_args(files, tmp_path, **{"--model": files["hmar"], "--mp": paths["mp"]}),
+                 capsys, f"--model {files['hmar']}: is a composite HMAR checkpoint, not a HMAR next-scale (NSP) one")
+    expect_error(sample.main, sample_args(files, tmp_path, **{"--model": paths["nsp"]}), capsys,
+                 "no mask buffer to tell them apart: pass --kind var or --kind hmar_nsp")
+
+
 def test_var_is_refused_by_the_editor(files, tmp_path, capsys, no_building):
     image = tmp_path / "in.png"
     __import__("PIL.Image").Image.new("RGB", (20, 20)).save(image)
