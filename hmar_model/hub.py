@@ -61,7 +61,8 @@ def unknown_source_hint(path: str) -> str:
     name = _BY_FILENAME.get(base) or (base if base in OFFICIAL else None)
     if name:
         f = OFFICIAL[name]
-        return f"; to use the official file, pass the name {name!r} ({f.filename} from {f.repo}, cached)"
+        return (f"; to use the official file, pass the name {name!r} ({f.filename} from {f.repo}, downloaded once "
+                "into the Hugging Face cache)")
     return f"; official weights are available by name: {', '.join(OFFICIAL)}"
 
 
