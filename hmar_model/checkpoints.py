@@ -1,7 +1,7 @@
 """Checkpoint I/O: read official files, strict key/shape checks with readable errors, converters, export.
 
-    vqvae = load_model("vae_ch160v4096z32.pth")          # config read off the tensors
-    hmar = load_model("hmar-d16.pth")                     # composite HMAR
+    vqvae = load_model("vqvae")                          # official name: the Hugging Face cache (hub.py)
+    hmar = load_model("hmar-d16.pth")                     # local file: composite HMAR, config read off the tensors
     var = load_model("var_d16.pth")                       # VAR (block-causal mask buffer in the file)
     load_checkpoint(build_hmar(16), "hmar-d16.safetensors")   # or into a model you built
 
@@ -15,22 +15,25 @@ Key maps (spec §2.9–2.10), all explicit below:
   ``blocks.j`` (j ≥ depth − n) → ``mask_blocks.(j − depth + n)``, ``mask_embed`` kept; the MP's frozen copies of
   the shared weights are compared with the NSP's and otherwise ignored.
 
-No network access: sources are local paths (.pth/.pt/.bin, .safetensors) or state_dicts.
+Sources: official names ("hmar-d16", "var-d30", "vqvae": hub.py, from the Hugging Face cache), local paths
+(.pth/.pt/.bin, .safetensors) or state_dicts. Every problem with a source raises ValueError naming it.
 """
 from __future__ import annotations
 
-import json
 import os
+import pickle
 import re
-import struct
 import tempfile
 import warnings
 from collections import OrderedDict
 from typing import Mapping, Union
 
+import safetensors
+import safetensors.torch
 import torch
 import torch.nn as nn
 
+from . import hub
 from .hmar import HMAR, MaskedPrediction, NextScalePrediction
 from .schedules import PATCH_NUMS
 from .var import VAR, TransformerConfig
@@ -42,69 +45,57 @@ _BLOCK = re.compile(r"^(blocks|base_blocks|ns_blocks|mask_blocks)\.(\d+)\.(.*)$"
 
 
 # ---- reading and writing ----
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-              "BOOL": torch.bool}
-_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
-
-
-def read_safetensors(path) -> "OrderedDict[str, torch.Tensor]":
-    """Minimal reader of the safetensors format (u64 header size, JSON header, raw little-endian data)."""
-    out = OrderedDict()
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_len))
-        base = 8 + header_len
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            if info["dtype"] not in _ST_DTYPES:
-                raise ValueError(f"{path}: tensor {name!r} has unsupported safetensors dtype {info['dtype']}")
-            begin, end = info["data_offsets"]
-            f.seek(base + begin)
-            data = bytearray(f.read(end - begin))
-            tensor = torch.frombuffer(data, dtype=_ST_DTYPES[info["dtype"]]) if data else \
-                torch.empty(0, dtype=_ST_DTYPES[info["dtype"]])
-            out[name] = tensor.reshape(info["shape"])
-    return out
-
-
-def write_safetensors(state_dict: Mapping[str, torch.Tensor], path):
-    header, chunks, offset = {}, [], 0
-    for name, tensor in state_dict.items():
-        data = tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-        header[name] = {"dtype": _ST_NAMES[tensor.dtype], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        chunks.append(data)
-        offset += len(data)
-    blob = json.dumps(header).encode()
-    blob += b" " * (-len(blob) % 8)  # the format pads the header to 8 bytes
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for data in chunks:
-            f.write(data)
-
-
 def read_state_dict(source: Source) -> "OrderedDict[str, torch.Tensor]":
-    """A state_dict from a local .pth/.pt/.bin or .safetensors file, or a mapping (returned as a shallow copy)."""
+    """A state_dict from an official name ("hmar-d16", "vqvae", ...: hub.OFFICIAL, through the Hugging Face
+    cache), a local .pth/.pt/.bin or .safetensors file, or a mapping (returned as a shallow copy).
+
+    A file that cannot be read raises ValueError naming it and the problem; only tensors are unpickled
+    (``weights_only``), so reading a file never runs code from it."""
     if isinstance(source, Mapping):
-        sd = source
+        sd, origin = source, "the state_dict"
     elif isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise ValueError(f"checkpoint file not found: {path!r} (no download happens at run time)")
-        if path.endswith(".safetensors"):
-            sd = read_safetensors(path)
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+        origin = os.fspath(hub.resolve(source))
+        sd = _read_file(origin)
     else:
-        raise TypeError(f"checkpoint must be a path or a state_dict, got {type(source).__name__}")
+        raise TypeError(f"checkpoint must be a path, an official name or a state_dict, got {type(source).__name__}")
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         top = list(sd)[:8] if isinstance(sd, Mapping) else type(sd).__name__
-        raise ValueError(f"checkpoint is not a flat state_dict of tensors (top-level entries: {top}); for a "
-                         "training checkpoint pass e.g. ckpt['trainer']['transformer_wo_ddp']")
+        raise ValueError(f"{origin}: not a flat state_dict of tensors (top-level entries: {top}); for a training "
+                         "checkpoint pass e.g. ckpt['trainer']['transformer_wo_ddp']")
     return OrderedDict(sd)
+
+
+def _read_file(path: str):
+    if not os.path.exists(path):
+        raise ValueError(f"checkpoint file not found: {path!r}{hub.unknown_source_hint(path)}")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: is a directory, not a checkpoint file")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: the file is empty (an interrupted download or copy?)")
+    if path.endswith(".safetensors"):
+        try:
+            return safetensors.torch.load_file(path, device="cpu")
+        except safetensors.SafetensorError as error:
+            raise ValueError(f"{path}: not a valid .safetensors file ({error}); the file is damaged or not a "
+                             "checkpoint") from error
+    with open(path, "rb") as f:
+        zip_format = f.read(4) == b"PK\x03\x04"  # torch.save's format since 1.6; older files cannot be mapped
+    try:  # mapped: roles and shapes are checked before the data is read, and a model load copies it only once
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zip_format)
+    except MemoryError:
+        raise
+    except pickle.UnpicklingError as error:
+        unsafe = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please use|\n\n|$)", str(error), re.S)
+        if unsafe and "global" in unsafe.group(1).lower():
+            raise ValueError(f"{path}: holds Python objects besides tensors ({' '.join(unsafe.group(1).split())}); "
+                             "only plain state_dicts are read. For a training checkpoint, save its model "
+                             "state_dict on its own first") from error
+        raise ValueError(f"{path}: cannot be read as a PyTorch checkpoint (not a pickle of tensors); the file is "
+                         "damaged or not a checkpoint") from error
+    except Exception as error:  # torch.load fails in many ways on damaged files: EOFError, RuntimeError, KeyError...
+        reason = str(error).split(". ")[0].strip() or "unexpected end of file"
+        raise ValueError(f"{path}: cannot be read as a PyTorch checkpoint ({type(error).__name__}: {reason}); "
+                         "the file is damaged or not a checkpoint (re-download or re-copy it)") from error
 
 
 def save_checkpoint(source: Union[nn.Module, Mapping[str, torch.Tensor]], path, official: bool = True):
@@ -118,7 +109,7 @@ def save_checkpoint(source: Union[nn.Module, Mapping[str, torch.Tensor]], path, 
     os.close(fd)
     try:
         if str(path).endswith(".safetensors"):
-            write_safetensors(sd, tmp)
+            safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, tmp)
         else:
             torch.save(sd, tmp)
         os.replace(tmp, path)
@@ -181,7 +172,11 @@ def load_checkpoint(model: nn.Module, source: Source) -> nn.Module:
     return model
 
 
-# ---- formats and configs read off the tensors ----
+# ---- roles and configs read off the tensors ----
+ROLE_NAMES = {"vqvae": "VQVAE", "var": "VAR", "hmar_nsp": "HMAR next-scale (NSP)",
+              "hmar_mp": "HMAR masked-prediction (MP)", "hmar": "composite HMAR", "var_or_nsp": "VAR or HMAR-NSP"}
+
+
 def detect_format(sd: Mapping[str, torch.Tensor]) -> str | None:
     """'vqvae', 'hmar' (composite), 'hmar_mp', 'var' / 'hmar_nsp' (told apart by the mask buffer), 'var_or_nsp'
     (no buffer), or None."""
@@ -198,6 +193,33 @@ def detect_format(sd: Mapping[str, torch.Tensor]) -> str | None:
         # row 1 is the first token of scale 1: it may attend position 0 (scale 0) only under the causal mask
         return "var" if bool(mask.reshape(mask.shape[-2], mask.shape[-1])[1, 0] == 0) else "hmar_nsp"
     return None
+
+
+def check_role(sd: Mapping[str, torch.Tensor], expected, origin: str = "checkpoint") -> str:
+    """The role of ``sd`` (a key of ROLE_NAMES) when it is one of ``expected``; ValueError naming ``origin``, the
+    role found and the roles expected otherwise. A file without a mask buffer ('var_or_nsp') passes as 'var' or
+    'hmar_nsp'; a VAR file never passes as HMAR-NSP nor the reverse (same keys, other attention pattern)."""
+    found = detect_format(sd)
+    if found in expected or (found == "var_or_nsp" and {"var", "hmar_nsp"} & set(expected)):
+        return found
+    if found is None:
+        keys = ", ".join(list(sd)[:5]) or "none"
+        raise ValueError(f"{origin}: not a VQVAE, VAR or HMAR checkpoint (first keys: {keys})")
+    wanted = " or ".join(ROLE_NAMES[r] for r in expected)
+    why = ""
+    if {found, *expected} <= {"var", "hmar_nsp"}:
+        why = (" (the keys are the same, the attention pattern is not: its mask buffer says "
+               f"{'block-causal' if found == 'var' else 'block-diagonal'})")
+    raise ValueError(f"{origin}: is a {ROLE_NAMES[found]} checkpoint, not a {wanted} one{why}")
+
+
+def _config_from(reader, sd, patch_nums, origin):
+    """``reader(sd, patch_nums)``, with a missing tensor reported as a damaged file instead of a KeyError."""
+    try:
+        return reader(sd, patch_nums)
+    except KeyError as error:
+        raise ValueError(f"{origin}: looks like a {ROLE_NAMES[detect_format(sd)]} checkpoint but has no tensor "
+                         f"{error.args[0]!r}; the file is incomplete") from None
 
 
 def _schedule_of(sd: Mapping[str, torch.Tensor], patch_nums):
@@ -257,25 +279,43 @@ def vqvae_config_from_state_dict(sd: Mapping[str, torch.Tensor], patch_nums=None
 _CLASSES = {"var": VAR, "hmar_nsp": NextScalePrediction, "hmar_mp": MaskedPrediction, "hmar": HMAR}
 
 
+def model_config(sd: Mapping[str, torch.Tensor], kind: str | None = None, patch_nums=None,
+                 origin: str = "checkpoint"):
+    """(kind, config) of the model ``sd`` describes, checked before anything is built: ``kind`` ("vqvae", "var",
+    "hmar_nsp", "hmar_mp", "hmar") must match the file's role (detected when None); ValueError otherwise."""
+    if kind is not None and kind not in ("vqvae", *_CLASSES):
+        raise ValueError(f"unknown checkpoint kind {kind!r}; expected one of 'vqvae', {', '.join(map(repr, _CLASSES))}")
+    found = check_role(sd, (kind,) if kind else tuple(ROLE_NAMES), origin)
+    if found == "var_or_nsp" and kind is None:
+        raise ValueError(f"{origin}: VAR and HMAR-NSP checkpoints have the same keys and this one has no mask buffer "
+                         "to tell them apart: pass kind='var' or kind='hmar_nsp'")
+    kind = kind or found
+    if kind == "vqvae":
+        return kind, _config_from(vqvae_config_from_state_dict, sd, patch_nums, origin)
+    return kind, _config_from(transformer_config_from_state_dict, sd, patch_nums, origin)
+
+
+def build_model(kind: str, cfg):
+    """An untrained model of ``kind`` ("vqvae", "var", "hmar_nsp", "hmar_mp", "hmar") from its config."""
+    return VQVAE(cfg).eval().requires_grad_(False) if kind == "vqvae" else _CLASSES[kind](cfg)
+
+
 def load_model(source: Source, kind: str | None = None, patch_nums=None, device=None):
     """Build the model a checkpoint describes and load it strictly.
 
+    source: an official name ("hmar-d16", "var-d30", "vqvae": hub.OFFICIAL), a local file or a state_dict.
     kind: "vqvae", "var", "hmar_nsp", "hmar_mp" or "hmar"; detected from the keys when None (VAR and NSP files
     share their keys and are told apart by their mask buffer; without one, pass kind). ``patch_nums`` is needed
     only for a transformer of a non-standard length, or to use the VQVAE with another schedule (e.g. 1024 px).
     """
     sd = read_state_dict(source)
-    kind = kind or detect_format(sd)
-    if kind == "var_or_nsp":
-        raise ValueError("VAR and HMAR-NSP checkpoints have the same keys and this one has no mask buffer to tell "
-                         "them apart: pass kind='var' or kind='hmar_nsp'")
-    if kind == "vqvae":
-        model = VQVAE(vqvae_config_from_state_dict(sd, patch_nums)).eval().requires_grad_(False)
-    elif kind in _CLASSES:
-        model = _CLASSES[kind](transformer_config_from_state_dict(sd, patch_nums))
-    else:
-        raise ValueError(f"unknown checkpoint kind {kind!r}; expected one of 'vqvae', {', '.join(map(repr, _CLASSES))}")
-    load_checkpoint(model, sd)
+    origin = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "the state_dict"
+    kind, cfg = model_config(sd, kind, patch_nums, origin)
+    model = build_model(kind, cfg)
+    try:
+        load_checkpoint(model, sd)
+    except ValueError as error:
+        raise ValueError(f"{origin}: {error}") from None
     return model.to(device) if device is not None else model
 
 

@@ -20,6 +20,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from .pairing import check_fit
+from .progress import progress_ticks, validate_progress
 from .quant import area
 from .sampling import (OFFICIAL_REFINE_GUIDANCE_FACTOR, generate, labels_tensor, make_generator, precision_context,
                        refine)
@@ -49,18 +51,21 @@ def _validate_image_and_mask(image, mask, side: int):
 def inpaint(model, vqvae, image: torch.Tensor, mask: torch.Tensor, labels=None, *, cfg: float = 1.5,
             top_k: int = 900, top_p: float = 0.96, seed: Optional[int] = None, refine_steps: int = 4,
             coverage: float = 0.5, refine_guidance: Optional[float] = None, dtype: Optional[torch.dtype] = None,
-            return_indices: bool = False):
+            return_indices: bool = False, progress=False):
     """Regenerate the masked region of ``image`` (B, 3, R, R) in [0, 1]; ``mask`` (1|B, 1, R, R), 1 = regenerate.
 
     labels: class(es) of the regenerated content (int, list, tensor); None → unconditional (null class).
     refine_steps: masked-prediction passes per scale (0: next-scale proposals only).
     refine_guidance: CFG factor t inside those passes (None: cfg·1e-6 as upstream's sampler).
+    progress: True shows a tqdm bar (one step per scale, one for decoding); a callable gets the step counts.
     Returns images in [0, 1] (and the token maps when ``return_indices``).
     """
     if not hasattr(model, "mask_logits"):
         raise TypeError(f"editing needs the composite HMAR model (masked-prediction path), got {type(model).__name__}")
     if refine_steps < 0:
         raise ValueError(f"refine_steps must be ≥ 0, got {refine_steps}")
+    check_fit(model.cfg, vqvae.cfg)
+    validate_progress(progress)
     device, patch_nums = model.lvl_1L.device, model.patch_nums
     mask = _validate_image_and_mask(image, mask, vqvae.cfg.downsample * patch_nums[-1]).to(device)
     B = image.shape[0]
@@ -69,7 +74,7 @@ def inpaint(model, vqvae, image: torch.Tensor, mask: torch.Tensor, labels=None, 
     guidance = cfg * OFFICIAL_REFINE_GUIDANCE_FACTOR if refine_guidance is None else refine_guidance
     original = vqvae.img_to_indices(image.to(device).float() * 2 - 1, patch_nums)  # fp32 tokenisation
     masks = token_masks(mask, patch_nums, coverage)
-    with precision_context(device, dtype):
+    with progress_ticks(progress, len(patch_nums) + 1, "editing") as tick, precision_context(device, dtype):
 
         def hook(si, idx, logits, f_hat, cond_2BD, lvl_pos):
             masked = masks[si]
@@ -82,8 +87,10 @@ def inpaint(model, vqvae, image: torch.Tensor, mask: torch.Tensor, labels=None, 
                           guidance=guidance, top_k=top_k, top_p=top_p, generator=generator), True
 
         f_hat, indices = generate(model, vqvae.quantize, label_B, cfg=cfg, top_k=top_k, top_p=top_p,
-                                  generator=generator, scale_hook=hook)
+                                  generator=generator, scale_hook=hook, on_scale=tick)
         images = vqvae.fhat_to_img(f_hat).float().add_(1).mul_(0.5)
+        if tick is not None:
+            tick(1)
     return (images, indices) if return_indices else images
 
 

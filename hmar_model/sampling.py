@@ -31,6 +31,8 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 
+from .pairing import check_fit
+from .progress import progress_ticks, validate_progress
 from .schedules import default_mask_schedule, no_refinement_schedule, validate_mask_schedule
 
 OFFICIAL_REFINE_GUIDANCE_FACTOR = 1e-6  # upstream hard-codes t = cfg·1e-6 in refinement passes (≈ no guidance)
@@ -142,13 +144,15 @@ ScaleHook = Callable[..., torch.Tensor]
 @torch.no_grad()
 def generate(model, quantizer, label_B: torch.Tensor, *, cfg: float, top_k: int, top_p: float,
              generator: Optional[torch.Generator], more_smooth: bool = False, scale_hook: Optional[ScaleHook] = None,
-             reference: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+             reference: bool = False, on_scale: Optional[Callable[[int], object]] = None
+             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Run every scale; returns (f̂ (B, Cvae, P, P) fp32, token maps [(B, n_k)]).
 
     ``scale_hook(si, idx, filtered_logits, f_hat, cond_2BD, lvl_pos)`` may replace a scale's tokens before they
     are committed (HMAR refinement, editing); it returns (idx, refined) with refined telling whether it changed
     anything (Gumbel smoothing is then skipped for that scale, its logits no longer describe the tokens).
     ``reference`` runs the plain ops (REFERENCE_OPS) instead of FAST_OPS: the same tokens.
+    ``on_scale(1)`` is called after each scale is committed (progress).
     """
     ops = REFERENCE_OPS if reference else FAST_OPS
     patch_nums, K, B = model.patch_nums, len(model.patch_nums), label_B.shape[0]
@@ -174,6 +178,8 @@ def generate(model, quantizer, label_B: torch.Tensor, *, cfg: float, top_k: int,
             h = quantizer.lookup(idx, p)
         f_hat, nxt = quantizer.next_autoregressive_input(si, patch_nums, f_hat, h)
         indices.append(idx)
+        if on_scale is not None:
+            on_scale(1)
         if si < K - 1:
             begin, end = model.scale_ranges[si + 1]
             tokens = (model.word_tokens(nxt.flatten(2).transpose(1, 2)) + lvl_pos[:, begin:end]).repeat(2, 1, 1)
@@ -327,32 +333,38 @@ def _cached_graph(model, key, capture) -> Optional[GraphedLoop]:
 
 def scale_loop(model, quantizer, label_B: torch.Tensor, *, cfg: float, top_k: int, top_p: float,
                generator: Optional[torch.Generator], mask_schedule=None, refine_guidance: Optional[float] = None,
-               more_smooth: bool = False, cuda_graphs: Optional[bool] = None, reference: bool = False
-               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+               more_smooth: bool = False, cuda_graphs: Optional[bool] = None, reference: bool = False,
+               on_scale: Optional[Callable[[int], object]] = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """``sample`` without labels and decoder: (f̂, token maps), under the caller's no_grad / autocast.
 
     ``mask_schedule``: a validated per-scale schedule (``resolve_mask_schedule``) or None (no refinement).
     ``cuda_graphs``: None → on for CUDA models. The first call with given settings runs eagerly (the warm-up),
     the second captures the loop, later ones replay it (``release_graphs`` frees it).
+    ``on_scale(steps)``: progress, after every scale (eager) or once with K after a replay.
     """
     refined = mask_schedule is not None and any(len(c) > 1 for c in mask_schedule)
 
-    def loop(label_B, generator):
+    def loop(label_B, generator, on_scale=None):
         hook = None
         if refined:
             hook = refinement_hook(model, quantizer, mask_schedule, cfg=cfg, refine_guidance=refine_guidance,
                                    top_k=top_k, top_p=top_p, generator=generator, reference=reference)
         return generate(model, quantizer, label_B, cfg=cfg, top_k=top_k, top_p=top_p, generator=generator,
-                        more_smooth=more_smooth, scale_hook=hook, reference=reference)
+                        more_smooth=more_smooth, scale_hook=hook, reference=reference, on_scale=on_scale)
 
     if not resolve_cuda_graphs(cuda_graphs, label_B.device, reference):
-        return loop(label_B, generator)
+        return loop(label_B, generator, on_scale)
     settings = (cfg, top_k, top_p, tuple(mask_schedule) if refined else None, refine_guidance if refined else None,
                 more_smooth)
     with torch.cuda.device(label_B.device):
         graphed = _cached_graph(model, graph_key(model, quantizer, label_B, settings),
                                 lambda: GraphedLoop(loop, label_B))
-        return loop(label_B, generator) if graphed is None else graphed(label_B, generator)
+        if graphed is None:
+            return loop(label_B, generator, on_scale)
+        out = graphed(label_B, generator)
+        if on_scale is not None:  # host code does not run in a replay: every scale at once
+            on_scale(len(model.patch_nums))
+        return out
 
 
 # ---- public entry point ----
@@ -412,7 +424,7 @@ def sample(model, vqvae, labels=None, *, num_images: Optional[int] = None, cfg: 
            top_p: float = 0.96, seed: Optional[int] = None, mask_schedule="default",
            refine_guidance: Optional[float] = None, more_smooth: bool = False, dtype: Optional[torch.dtype] = None,
            decode_chunk: Optional[int] = None, return_indices: bool = False, cuda_graphs: Optional[bool] = None,
-           reference: bool = False):
+           reference: bool = False, progress=False):
     """Class-conditional images (B, 3, R, R) in [0, 1] from VAR, HMAR-NSP or the composite HMAR model.
 
     Args:
@@ -432,17 +444,24 @@ def sample(model, vqvae, labels=None, *, num_images: Optional[int] = None, cfg: 
             settings and batch runs eagerly, the second captures; the graph stays cached with the model (one per
             model, ``release_graphs`` frees it). Same images as without.
         reference: the plain loop (torch.multinomial with its checks, whole-batch filtering), for comparisons.
+        progress: True shows a tqdm bar (one step per scale, one for decoding); a callable gets the step counts.
     """
     device = model.lvl_1L.device
+    check_fit(model.cfg, vqvae.cfg)
+    validate_progress(progress)
     if not math.isfinite(cfg):
         raise ValueError(f"cfg must be finite, got {cfg}")
     schedule = resolve_mask_schedule(model, mask_schedule)
     resolve_cuda_graphs(cuda_graphs, device, reference)  # bad combinations fail before anything runs
     generator = make_generator(seed, device)
     label_B = labels_tensor(labels, num_images, model.num_classes, generator, device)
-    with torch.no_grad(), precision_context(device, dtype):
+    with torch.no_grad(), precision_context(device, dtype), \
+            progress_ticks(progress, len(model.patch_nums) + 1, "sampling") as tick:
         f_hat, indices = scale_loop(model, vqvae.quantize, label_B, cfg=cfg, top_k=top_k, top_p=top_p,
                                     generator=generator, mask_schedule=schedule, refine_guidance=refine_guidance,
-                                    more_smooth=more_smooth, cuda_graphs=cuda_graphs, reference=reference)
+                                    more_smooth=more_smooth, cuda_graphs=cuda_graphs, reference=reference,
+                                    on_scale=tick)
         images = vqvae.fhat_to_img(f_hat, decode_chunk).float().add_(1).mul_(0.5)
+        if tick is not None:
+            tick(1)
     return (images, indices) if return_indices else images

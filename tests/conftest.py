@@ -7,6 +7,8 @@ import os
 
 import torch
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the Hugging Face Hub (read at its import)
+
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")

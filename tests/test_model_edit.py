@@ -100,8 +100,8 @@ def test_command_lines(models, tmp_path):
     assert runs[0] == runs[1]
     grid = pil.open(tmp_path / "a.png")
     assert grid.size == (3 * 18 + 2, 2 * 18 + 2)
-    with pytest.raises(ValueError, match="sums to 8"):
-        sample.main(common + ["--classes", "1", "--out", str(tmp_path / "c.png"),
+    with pytest.raises(ValueError, match="sums to 8"):  # --debug: the error itself (test_cli_errors: the message)
+        sample.main(common + ["--classes", "1", "--out", str(tmp_path / "c.png"), "--debug",
                               "--mask-schedule", "[[1],[1,3],[3,5],[16]]"])
     pil.fromarray((torch.rand(20, 24, 3) * 255).byte().numpy()).save(tmp_path / "in.png")
     mask = torch.zeros(16, 16, dtype=torch.uint8)

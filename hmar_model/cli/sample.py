@@ -1,7 +1,8 @@
-"""hmar-sample: class-conditional images from local VAR / HMAR checkpoints into one PNG grid.
+"""hmar-sample: class-conditional images from VAR / HMAR models into one image grid.
 
-    hmar-sample --vae vae_ch160v4096z32.pth --model hmar-d16.pth --classes 207 360 388 --num-images 4 \
-        --cfg 1.7 --top-k 1000 --top-p 0.99 --seed 0 --out grid.png
+    hmar-sample --model hmar-d16 --classes 207 360 388 --num-images 4 --cfg 1.7 --top-k 1000 --top-p 0.99 \
+        --seed 0 --out grid.png                  # official weights by name (--vae defaults to vqvae)
+    hmar-sample --demo --out demo.png            # random-weight models: the pipeline in seconds, no download
 
 One row per class, ``--num-images`` columns. Same arguments, same PNG.
 """
@@ -10,13 +11,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-
 from ..sampling import sample
-from .common import DTYPES, add_model_arguments, load_models, parse_mask_schedule, save_grid
+from .common import (DTYPES, add_model_arguments, check_model_arguments, demo_note, load_models,
+                     parse_mask_schedule, prepare_run, run_command, save_grid)
+
+PROG = "hmar-sample"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hmar-sample", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
     add_model_arguments(parser)
     s = parser.add_argument_group("sampling")
     s.add_argument("--classes", type=int, nargs="+", default=None,
@@ -30,23 +35,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.num_images < 1:
-        raise SystemExit("hmar-sample: --num-images must be ≥ 1")
-    model, vqvae = load_models(args)
+def run(args) -> int:
+    device = prepare_run(args)
+    mask_schedule = parse_mask_schedule(args.mask_schedule)
+    model, vqvae = load_models(args, device, PROG)
     if args.classes is None:
         labels, num = None, args.rows * args.num_images
     else:
         labels = [c for c in args.classes for _ in range(args.num_images)]
         num = len(labels)
     images = sample(model, vqvae, labels, num_images=num, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
-                    seed=args.seed, mask_schedule=parse_mask_schedule(args.mask_schedule),
-                    refine_guidance=args.refine_guidance, more_smooth=args.more_smooth, dtype=DTYPES[args.dtype],
-                    decode_chunk=args.decode_chunk)
+                    seed=args.seed, mask_schedule=mask_schedule, refine_guidance=args.refine_guidance,
+                    more_smooth=args.more_smooth, dtype=DTYPES[args.dtype], decode_chunk=args.decode_chunk,
+                    progress=not args.no_progress)
     save_grid(images, args.out, nrow=args.num_images)
-    print(f"hmar-sample: wrote {num} images ({tuple(images.shape[-2:])}) to {args.out}")
+    print(f"{PROG}: wrote {num} images ({tuple(images.shape[-2:])}) to {args.out}{demo_note(args)}")
     return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+
+    def body(args):
+        check_model_arguments(parser, args)
+        for flag, value in (("--num-images", args.num_images), ("--rows", args.rows)):
+            if value < 1:
+                parser.error(f"{flag} must be ≥ 1, got {value}")
+        if args.decode_chunk is not None and args.decode_chunk < 1:
+            parser.error(f"--decode-chunk must be ≥ 1, got {args.decode_chunk}")
+        return run(args)
+    return run_command(PROG, parser, body, argv)
 
 
 if __name__ == "__main__":
