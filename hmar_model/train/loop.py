@@ -17,12 +17,13 @@ import random
 import resource
 import signal
 import time
+import warnings
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..checkpoints import dense_mask_buffer, MASK_KEY, nsp_mp_to_hmar, save_checkpoint
+from ..checkpoints import MASK_KEY, dense_mask_buffer, nsp_mp_to_hmar, save_checkpoint
 from . import checkpoint, parallel
 from .config import ConfigError, to_yaml
 from .data import Batches, SyntheticTokens, TokenShards, vae_fingerprint
@@ -97,12 +98,12 @@ class Run:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
-        seed_everything(cfg.seed * env.world + env.rank)
         self.patch_nums = tuple(cfg.patch_nums)
         self.L = sum(p * p for p in self.patch_nums)
         self.vqvae = build_vae(cfg.vae, cfg.vae_seed, self.patch_nums, env.device)
         self.source = build_source(cfg, self.vqvae)
         self.batches = Batches(self.source, cfg.batch, cfg.accum, env.world, env.rank, cfg.seed, env.device)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank and for every world size
         self.model = build_model(cfg, env.device)
         check_vae_matches(self.model, self.vqvae)
         has_checkpoint = resume and any(checkpoint.problem(f) is None for _, f in checkpoint.checkpoints(cfg.out))
@@ -112,7 +113,11 @@ class Run:
                     raise ConfigError("stage=masked needs init=<next-scale run folder or checkpoint>")
                 say(f"hmar-train: masked stage starts from {init_masked_from(self.model, cfg.init)}")
             self.model.freeze_for_finetuning()
+        seed_everything(cfg.seed * env.world + env.rank)  # label dropout, drop path: per rank, as upstream
         self.wrapped = parallel.wrap(self.model, cfg.distributed, env)
+        # FSDP2 warns that the logits are a view (in-place ops on them would skip its hook); the loss never
+        # modifies them in place.
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
         self.forward = torch.compile(self.wrapped) if cfg.compile else self.wrapped
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, cfg)
