@@ -147,18 +147,19 @@ def prune(root: str, keep_last: int):
             shutil.rmtree(os.path.join(root, d), ignore_errors=True)
 
 
-def load_latest(run_dir: str, model, optimizer, ema: dict | None, say=print) -> dict | None:
-    """Restore the newest usable checkpoint into model/optimizer/EMA and this rank's RNGs; returns its trainer
-    state, or None when there is none. A damaged checkpoint is reported and the previous one is tried."""
+def load_latest(run_dir: str, model, optimizer, ema: dict | None, fingerprint: str, say=print) -> dict | None:
+    """Restore the newest usable checkpoint into model (wrapped or not)/optimizer/EMA and this rank's RNGs;
+    returns its trainer state, or None when there is none. ``fingerprint``: ``model_fingerprint`` of the unwrapped
+    model, compared with the checkpoint's. A damaged checkpoint is reported and the previous one is tried."""
     for step, folder in reversed(checkpoints(run_dir)):
         why = problem(folder)
         if why is None:
             try:
                 trainer_state = torch.load(os.path.join(folder, "trainer.pt"), map_location="cpu", weights_only=False)
-                if trainer_state["model_fingerprint"] != model_fingerprint(model):
+                if trainer_state["model_fingerprint"] != fingerprint:
                     raise ResumeMismatch(f"checkpoint {folder} holds another model (fingerprint "
                                          f"{trainer_state['model_fingerprint']}, this run's model is "
-                                         f"{model_fingerprint(model)})")
+                                         f"{fingerprint})")
                 state = sharded_state(model, optimizer, ema)
                 _dcp_quietly(dcp.load, state, checkpoint_id=folder)
                 set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],

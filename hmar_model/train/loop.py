@@ -131,7 +131,8 @@ class Run:
         self.stats = ScaleStats(self.patch_nums, env.device)
         self.step = 0
         if resume:
-            state = checkpoint.load_latest(cfg.out, self.wrapped, self.optimizer, self.ema, say=self.say_main)
+            state = checkpoint.load_latest(cfg.out, self.wrapped, self.optimizer, self.ema,
+                                           checkpoint.model_fingerprint(self.model), say=self.say_main)
             if state is not None:
                 self.step = state["step"]
                 self.scaler.load_state_dict(state["scaler"])
@@ -188,7 +189,7 @@ class Run:
     # ---- checkpoints, logs, export ----
     def save(self):
         state = {"step": self.step, "samples_seen": self.step * self.cfg.batch, "scaler": self.scaler.state_dict(),
-                 "config": to_yaml(self.cfg), "model_fingerprint": checkpoint.model_fingerprint(self.wrapped),
+                 "config": to_yaml(self.cfg), "model_fingerprint": checkpoint.model_fingerprint(self.model),
                  "world_size": self.env.world}
         folder = checkpoint.save(self.cfg.out, self.step, self.wrapped, self.optimizer, self.ema, state,
                                  self.cfg.keep_last)
