@@ -31,9 +31,10 @@ def param_groups(model: nn.Module) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
-    on_cuda = next(model.parameters()).device.type == "cuda"
+    # fused kernel on CUDA (upstream), foreach for FSDP2's sharded DTensor parameters and on the CPU
+    fused = next(model.parameters()).device.type == "cuda" and cfg.distributed != "fsdp"
     return torch.optim.AdamW(param_groups(model), lr=lr_peak(cfg), betas=tuple(cfg.betas), weight_decay=0.0,
-                             fused=on_cuda or None)
+                             fused=fused or None)
 
 
 def lr_factor(cfg, step: int) -> float:
