@@ -82,12 +82,13 @@ class TrainSchema:
     log_every: int = 10  # steps between log.jsonl lines (each one syncs the host)
     ckpt_every: int = 1000  # steps between checkpoints (plus one at the end and on SIGTERM/SIGINT)
     keep_last: int = 3  # checkpoints kept on disk
+    save_at_end: bool = True  # final checkpoint + export/ (benchmarks turn it off)
     tensorboard: bool = False  # also write TensorBoard scalars to out/tb
 
 
 # Keys that may differ when resuming (they do not change the trajectory, or extend it: max_steps).
-RESUMABLE_OVERRIDES = ("max_steps", "threads", "log_every", "ckpt_every", "keep_last", "tensorboard", "compile", "attn_backend",
-                       "out", "data_path")
+RESUMABLE_OVERRIDES = ("max_steps", "threads", "log_every", "ckpt_every", "keep_last", "tensorboard", "compile",
+                       "attn_backend", "out", "data_path", "save_at_end")
 
 
 def recipe_names() -> list[str]:

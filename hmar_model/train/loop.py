@@ -303,7 +303,8 @@ def _loop(run: Run, say) -> dict:
                             log_file, tb, bar)
                 loss_sum.zero_()
                 window_start, window_steps, data_s = time.perf_counter(), 0, 0.0
-            if stopping or run.step % cfg.ckpt_every == 0 or run.step == cfg.max_steps:
+            at_end = run.step == cfg.max_steps and cfg.save_at_end
+            if stopping or run.step % cfg.ckpt_every == 0 or at_end:
                 folder = run.save()
                 if stopping:
                     bar.close()
@@ -312,7 +313,8 @@ def _loop(run: Run, say) -> dict:
                                  f"checkpoint {folder}; continue with: hmar-train --resume {cfg.out}")
                     raise SystemExit(128 + int(signum))
     bar.close()
-    run.export()
+    if cfg.save_at_end:
+        run.export()
     if log_file:
         log_file.close()
     if tb:
