@@ -136,8 +136,8 @@ class Run:
             if state is not None:
                 self.step = state["step"]
                 self.scaler.load_state_dict(state["scaler"])
-                say(f"hmar-train: resumed from {state['folder']} (step {self.step}, "
-                    f"{state['samples_seen']} samples seen)") if env.main else None
+                self.say_main(f"hmar-train: resumed from {state['folder']} (step {self.step}, "
+                              f"{state['samples_seen']} samples seen)")
         if env.main:
             self._trim_log()
 
@@ -176,8 +176,8 @@ class Run:
                      else torch.zeros((), device=self.env.device))
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.scaler.is_enabled() and self.scaler.get_scale() > MAX_LOSS_SCALE:
-            self.scaler.update(MAX_LOSS_SCALE)
+        if self.scaler.is_enabled():  # cap on the device: get_scale() would sync the host every step
+            self.scaler._scale.clamp_(max=MAX_LOSS_SCALE)
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             with torch.no_grad():
