@@ -70,6 +70,16 @@ def test_cli_user_errors_exit_2_without_traceback(tmp_path, capsys):
         main(["--debug", "--config", "tiny", "bogus_key=1"])
 
 
+def test_model_var_selects_vars_mask_and_uniform_weights(tmp_path):
+    from hmar_model.cli.train import build_parser, resolve_config
+
+    args = build_parser().parse_args(["--config", "tiny", "--model", "var", f"out={tmp_path}/run"])
+    cfg, resume = resolve_config(args)
+    assert (cfg.model.kind, cfg.loss_weights, resume) == ("var", "uniform", False)
+    args = build_parser().parse_args(["--config", "tiny", "--model", "var", "loss_weights=equal", f"out={tmp_path}/r"])
+    assert resolve_config(args)[0].loss_weights == "equal"
+
+
 def test_resume_refuses_another_model_or_recipe(tmp_path, capsys):
     run = tmp_path / "run"
     os.makedirs(run)

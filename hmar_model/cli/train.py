@@ -3,6 +3,7 @@
     hmar-train --config tiny data=synthetic max_steps=40 out=runs/tiny        # CPU smoke run, < 1 min
     hmar-train --resume runs/tiny                                             # continue after SIGTERM / a crash
     hmar-train --resume runs/tiny max_steps=80                                # extend a finished run
+    hmar-train --config tiny --model var data=synthetic out=runs/tiny-var     # VAR (block-causal) for comparison
     torchrun --nproc_per_node=8 -m hmar_model.cli.train --config d16 out=runs/d16 data_path=shards256
 
 Overrides are key=value (dotted for model keys: model.depth=12); ``--list-keys`` prints every key.
@@ -24,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default=None, help="recipe name (tiny, d16, d20, d24, d30) or a .yaml file")
     parser.add_argument("--resume", default=None, metavar="RUN",
                         help="continue the run in folder RUN from its newest usable checkpoint")
+    parser.add_argument("--model", choices=("hmar", "var"), default=None,
+                        help="var: train VAR (block-causal, uniform loss weights) for comparison runs; same as "
+                             "model.kind=var loss_weights=uniform (overrides given after it win)")
     parser.add_argument("--list-keys", action="store_true", help="print every config key and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
@@ -32,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_config(args):
     """The run's config: a recipe with overrides, or a saved run's config with the overrides a resume allows."""
+    if args.model == "var":
+        args.overrides = ["model.kind=var", "loss_weights=uniform", *args.overrides]
+    elif args.model == "hmar":
+        args.overrides = ["model.kind=hmar", *args.overrides]
     if args.resume is None:
         if args.config is None:
             raise ConfigError("give --config RECIPE (e.g. --config tiny) or --resume RUN")
