@@ -122,6 +122,8 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_equal(reference, tmp_pa
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
+    with open(run / "log.jsonl", "a") as f:
+        f.write('{"step": 99, "loss": 1.')  # as if killed in the middle of a line
     result = _cli("--resume", run)
     assert result.returncode == 0, f"seed {seed}: {result.stderr[-3000:]}"
     _same_trajectory(_records(run), records)

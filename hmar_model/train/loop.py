@@ -196,13 +196,14 @@ class Run:
         return folder
 
     def _trim_log(self):
-        """A resumed run re-does the steps after its checkpoint: drop their lines from log.jsonl."""
+        """A resumed run re-does the steps after its checkpoint: drop their lines (and a torn last line) from
+        log.jsonl."""
         path = os.path.join(self.cfg.out, "log.jsonl")
         if not os.path.isfile(path):
             return
         with open(path) as f:
-            lines = [line for line in f if line.strip()]
-        kept = [line for line in lines if json.loads(line)["step"] <= self.step]
+            lines = f.readlines()
+        kept = [line for line in lines if _logged_step(line) <= self.step]
         if len(kept) != len(lines):
             with open(path + ".tmp", "w") as f:
                 f.writelines(kept)
@@ -232,6 +233,14 @@ class Run:
             save_checkpoint(nsp_mp_to_hmar(nsp_state_dict(self.cfg.init), sd, self.cfg.model.n_layers_train),
                             os.path.join(out, "hmar.pth"))
         self.say(f"hmar-train: exported the official layout to {out}/")
+
+
+def _logged_step(line: str) -> float:
+    """The step of a log.jsonl line; a line torn by a kill mid-write counts as after every checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _peak_mem_gb(device) -> float:
