@@ -25,11 +25,11 @@ class Features(NamedTuple):
     logits: Optional[np.ndarray]    # (N, 1008), None without classifier weights
 
 
-def _tf1_axis_weights(size_in: int, size_out: int, device) -> tuple:
+def _tf1_axis_weights(size_in: int, size_out: int, like: torch.Tensor) -> tuple:
     """Indices (lo, hi) and weight of hi for one axis of TF1's legacy bilinear resize."""
-    src = torch.arange(size_out, device=device, dtype=torch.float64) * (size_in / size_out)
+    src = torch.arange(size_out, device=like.device, dtype=torch.float64) * (size_in / size_out)
     lo = src.floor().long()
-    frac = (src - lo).float()
+    frac = (src - lo).to(like.dtype)
     return lo, (lo + 1).clamp_(max=size_in - 1), frac
 
 
@@ -38,8 +38,8 @@ def resize_bilinear_tf1(x_BCHW: torch.Tensor, size: int = INCEPTION_SIZE) -> tor
     H, W = x_BCHW.shape[-2:]
     if (H, W) == (size, size):
         return x_BCHW
-    ylo, yhi, fy = _tf1_axis_weights(H, size, x_BCHW.device)
-    xlo, xhi, fx = _tf1_axis_weights(W, size, x_BCHW.device)
+    ylo, yhi, fy = _tf1_axis_weights(H, size, x_BCHW)
+    xlo, xhi, fx = _tf1_axis_weights(W, size, x_BCHW)
     left, right = x_BCHW[..., xlo], x_BCHW[..., xhi]                   # (B, C, H, size)
     rows = left + (right - left) * fx                                   # along x first, as TF: top and bottom rows
     top, bottom = rows[..., ylo, :], rows[..., yhi, :]                  # (B, C, size, size)

@@ -52,11 +52,11 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     diff = mu1 - mu2
     with warnings.catch_warnings():  # singular products are expected below D images; checked just below
         warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        covmean, _ = scipy.linalg.sqrtm(sigma1 @ sigma2, disp=False)
+        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
         warnings.warn(f"FID: the covariance product is singular; adding {eps} to the diagonals")
         offset = np.eye(len(mu1)) * eps
-        covmean, _ = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset), disp=False)
+        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise ValueError(f"FID: the matrix square root has an imaginary part of "
