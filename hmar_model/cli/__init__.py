@@ -1,1 +1,1 @@
-"""Command-line entry points (hmar-bench, hmar-plot, hmar-sample, hmar-edit)."""
+"""Command-line entry points (hmar-bench, hmar-plot, hmar-sample, hmar-edit, hmar-eval)."""
