@@ -86,9 +86,10 @@ class TrainSchema:
     tensorboard: bool = False  # also write TensorBoard scalars to out/tb
 
 
-# Keys that may differ when resuming (they do not change the trajectory, or extend it: max_steps).
+# Keys that may differ when resuming (they do not change the trajectory beyond rounding, or extend it: max_steps;
+# distributed: DCP re-shards the checkpoint for DDP or FSDP).
 RESUMABLE_OVERRIDES = ("max_steps", "threads", "log_every", "ckpt_every", "keep_last", "tensorboard", "compile",
-                       "attn_backend", "out", "data_path", "save_at_end")
+                       "attn_backend", "out", "data_path", "save_at_end", "distributed")
 
 
 def recipe_names() -> list[str]:
