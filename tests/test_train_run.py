@@ -215,7 +215,7 @@ def test_masked_finetuning_changes_exactly_the_trainable_parameters(reference, t
         source = "word_embed.bias" if name == "word_embed_bias" else name
         if source in nsp:
             assert torch.equal(value, nsp[source]), name
-    _loop(run, print)
+    _loop(run)
     for name, p in run.model.named_parameters():
         changed = not torch.equal(p.detach(), before[name])
         assert changed == (name in trainable), f"{name}: changed={changed}, trainable={name in trainable}"
