@@ -6,11 +6,11 @@ import shutil
 import pytest
 import torch
 
-from conftest import requires_cuda
 from hmar_model.train.config import load_config
 from hmar_model.train.loop import train
 
-pytestmark = [pytest.mark.gpu, requires_cuda]
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none found)")]
 
 
 def _losses(run):

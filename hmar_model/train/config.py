@@ -10,7 +10,7 @@ error that lists the valid ones (OmegaConf structured configs check names and ty
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -86,9 +86,10 @@ class TrainSchema:
     tensorboard: bool = False  # also write TensorBoard scalars to out/tb
 
 
-# Keys that may differ when resuming (they do not change the trajectory, or extend it: max_steps).
+# Keys that may differ when resuming (they do not change the trajectory beyond rounding, or extend it: max_steps;
+# distributed: DCP re-shards the checkpoint for DDP or FSDP).
 RESUMABLE_OVERRIDES = ("max_steps", "threads", "log_every", "ckpt_every", "keep_last", "tensorboard", "compile",
-                       "attn_backend", "out", "data_path", "save_at_end")
+                       "attn_backend", "out", "data_path", "save_at_end", "distributed")
 
 
 def recipe_names() -> list[str]:
@@ -98,7 +99,7 @@ def recipe_names() -> list[str]:
 def valid_keys(schema=TrainSchema, prefix: str = "") -> list[str]:
     keys = []
     for f in fields(schema):
-        default = f.default_factory() if f.default_factory is not field().default_factory else f.default
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
         if is_dataclass(default):
             keys += valid_keys(type(default), prefix + f.name + ".")
         else:

@@ -263,13 +263,13 @@ def train(cfg, resume: bool = False, say=print) -> dict:
             run.say_main(f"hmar-train: the run is already at step {run.step} ≥ max_steps={cfg.max_steps}; "
                          "nothing to do (extend it with max_steps=N)")
             return {}
-        last = _loop(run, say)
+        last = _loop(run)
     finally:
         parallel.teardown()
     return last
 
 
-def _loop(run: Run, say) -> dict:
+def _loop(run: Run) -> dict:
     cfg, env = run.cfg, run.env
     log_path = os.path.join(cfg.out, "log.jsonl")
     log_file = open(log_path, "a") if env.main else None
@@ -303,10 +303,12 @@ def _loop(run: Run, say) -> dict:
             bar.update(1)
             log_now = run.step % cfg.log_every == 0 or run.step == cfg.max_steps
             stopping = stop.signum is not None
-            if sync_ranks and (log_now or run.step % cfg.ckpt_every == 0):
-                flag = torch.tensor([float(stopping)], device=env.device)
-                parallel.all_reduce_sum(flag)
-                stopping = bool(flag.item() > 0)
+            if sync_ranks:  # saving is collective: ranks agree on stopping at log / checkpoint steps only
+                if log_now or run.step % cfg.ckpt_every == 0:
+                    flag = torch.tensor([float(stopping)], device=env.device)
+                    stopping = bool(parallel.all_reduce_sum(flag).item() > 0)
+                else:
+                    stopping = False
             if log_now:
                 last = _log(run, loss_sum, grad_norm, lr, window_steps, time.perf_counter() - window_start, data_s,
                             log_file, tb, bar)

@@ -40,10 +40,9 @@ def setup(distributed: str) -> Env:
     if cuda:
         torch.cuda.set_device(device)
     if (world > 1 or distributed == "fsdp") and not dist.is_initialized():
-        if world == 1:
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
+        # torchrun provides the rendezvous in the environment; a lone process gets its own free local port
+        init = "env://" if "MASTER_ADDR" in os.environ else f"tcp://127.0.0.1:{_free_port()}"
+        dist.init_process_group("nccl" if cuda else "gloo", init_method=init, rank=rank, world_size=world,
                                 **({"device_id": device} if cuda else {}))
     return Env(rank, world, local_rank, device)
 
