@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch._dynamo.testing
 
 from conftest import HAS_CUDA
 from hmar_kernels.fused import qk_norm, qk_norm_reference
