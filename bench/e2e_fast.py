@@ -20,7 +20,9 @@ Columns: model, depth, px, batch, mode, backend, ms (median of CUDA-event timing
 images_per_s, model_tflops (6 × per-token matmul parameters × tokens + 3.5 × the attention's forward FLOPs over
 allowed pairs; sampling rows: 0), mfu (model FLOPs per second over the bf16 matmul rate measured by a large
 torch.matmul in the same run), peak_mem_mb (peak allocation of one step above what was allocated before).
-Rows go to <out>/e2e.csv, rewritten atomically after every row (a cut-short run keeps what it measured).
+Rows go to <out>/e2e.csv, rewritten atomically after every row (a cut-short run keeps what it measured); rows of an
+earlier run in the same file stay unless re-measured (same model, depth, px, batch, mode, backend), so the configs
+can be split over several commands.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ TRAIN_CONFIGS = {"d16-256": (16, 256, 32), "d16-512": (16, 512, 16), "d16-1024":
                  "d30-256": (30, 256, 16)}  # name → (depth, px, batch)
 TRAIN_ROWS = (("var", "eager", "sdpa"), ("var", "eager", "auto"), ("hmar", "eager", "auto"),
               ("hmar", "compiled+fused", "auto"))
+ROW_KEY = ("model", "depth", "px", "batch", "mode", "backend")
 SAMPLE_IMAGES, SAMPLE_DEPTH, SAMPLE_PX = 32, 16, 256
 
 
@@ -134,14 +137,13 @@ def train_row(model_kind, mode, backend, depth, px, batch, rate, profile_dir=Non
                 model_tflops=round(tflops, 3), mfu=round(tflops / ms * 1e3 / rate, 4), peak_mem_mb=round(peak))
 
 
-def sample_row(model_kind, decoder, vqvae) -> dict:
+def sample_row(model_kind, decoder, decoding) -> dict:
+    """``decoding``: the VQVAE, or its ``CompiledDecoding`` (one instance for all rows: one compilation)."""
     import hmar_model as hm
-    from hmar_model.vqvae import CompiledDecoding
 
     patch_nums = SCHEDULES[SAMPLE_PX]
     build = hm.build_var if model_kind == "var" else hm.build_hmar
     model = build(SAMPLE_DEPTH, patch_nums, device="cuda").eval()
-    decoding = CompiledDecoding(vqvae) if decoder == "compiled-decoder" else vqvae
     seeds = iter(range(10 ** 6))
     call = lambda: hm.sample(model, decoding, num_images=SAMPLE_IMAGES, seed=next(seeds),  # noqa: E731
                              dtype=torch.bfloat16)
@@ -176,6 +178,19 @@ def write_atomic(path: Path, text: str):
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [row for row in csv.DictReader(f) if list(row) == list(COLUMNS)]
+
+
+def merge_row(rows: list[dict], row: dict) -> list[dict]:
+    """``rows`` with ``row`` replacing the one of the same key (compared as text, as read back from the CSV)."""
+    key = tuple(str(row[k]) for k in ROW_KEY)
+    return [r for r in rows if tuple(str(r[k]) for k in ROW_KEY) != key] + [row]
 
 
 def write_rows(path: Path, rows: list[dict]):
@@ -225,10 +240,11 @@ def main(argv=None) -> int:
     rate = matmul_tflops()
     print(f"{meta['device']}: bf16 matmul {rate:.0f} TFLOP/s (torch {meta['torch']}, triton {meta['triton']}, "
           f"commit {meta['commit']})", flush=True)
-    rows = []
+    rows, measured = read_rows(out / "e2e.csv"), 0
 
     def add(row):
-        rows.append({**row, **meta})
+        nonlocal rows, measured
+        rows, measured = merge_row(rows, {**row, **meta}), measured + 1
         write_rows(out / "e2e.csv", rows)
 
     for name in args.configs:
@@ -241,14 +257,16 @@ def main(argv=None) -> int:
                 print(f"train {model_kind} d{depth} {px}px B={batch} {mode}: out of memory, row skipped", flush=True)
             free_memory()
     if not args.no_sampling:
-        from hmar_model.vqvae import build_vqvae
+        from hmar_model.vqvae import CompiledDecoding, build_vqvae
 
         vqvae = build_vqvae(SCHEDULES[SAMPLE_PX], device="cuda")
+        decodings = {"eager-decoder": vqvae, "compiled-decoder": CompiledDecoding(vqvae)}
         for model_kind in ("var", "hmar"):
-            for decoder in ("eager-decoder", "compiled-decoder"):
-                add(sample_row(model_kind, decoder, vqvae))
-                free_memory()
-    print(f"wrote {len(rows)} rows to {out / 'e2e.csv'}")
+            for decoder, decoding in decodings.items():
+                add(sample_row(model_kind, decoder, decoding))
+                gc.collect()
+                torch.cuda.empty_cache()
+    print(f"measured {measured} rows; {out / 'e2e.csv'} holds {len(rows)}")
     return 0
 
 

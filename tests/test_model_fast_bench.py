@@ -60,3 +60,12 @@ def test_without_gpu_exits_2_with_one_message(tmp_path):
     result = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2
     assert "needs a CUDA GPU" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_rows_of_an_earlier_run_are_kept_unless_remeasured(e2e, tmp_path):
+    path = tmp_path / "e2e.csv"
+    first = [dict(dict.fromkeys(e2e.COLUMNS, 0), model=m, ms=1) for m in ("var", "hmar")]
+    e2e.write_rows(path, first)
+    rows = e2e.merge_row(e2e.read_rows(path), dict(dict.fromkeys(e2e.COLUMNS, 0), model="hmar", ms=2))
+    e2e.write_rows(path, rows)
+    assert [(r["model"], r["ms"]) for r in e2e.read_rows(path)] == [("var", "1"), ("hmar", "2")]
