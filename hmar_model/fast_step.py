@@ -56,6 +56,10 @@ class TrainStep:
     def __init__(self, model, optimizer=None, *, dtype: torch.dtype | None = torch.bfloat16,
                  compile: bool | None = None, fused: bool | None = None, backend: str = "auto",
                  loss_weights: torch.Tensor | None = None):
+        if not hasattr(model, "head_cross_entropy"):
+            raise TypeError(f"TrainStep trains VAR, NextScalePrediction or MaskedPrediction models, got "
+                            f"{type(model).__name__} (the composite HMAR is assembled from trained NSP and MP models: "
+                            "hmar_model.nsp_mp_to_hmar)")
         device = model.lvl_1L.device
         on_cuda = device.type == "cuda"
         self.model, self.optimizer, self.backend = model, optimizer, backend

@@ -80,3 +80,5 @@ def test_train_step_bad_arguments():
         TrainStep(model, loss_weights=torch.ones(L + 1))
     with pytest.raises(TypeError, match="dtype must be"):
         TrainStep(model, dtype=torch.int8)
+    with pytest.raises(TypeError, match="TrainStep trains VAR"):
+        TrainStep(tiny_transformer("hmar"))
