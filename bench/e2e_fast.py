@@ -14,7 +14,10 @@ d16 256 px B=32, d16 512 px B=16, d16 1024 px B=8, d30 256 px B=16:
 
 Sampling rows: 32 images, d16, 256 px, bf16, decode included: VAR (KV cache) and HMAR with its default
 refinement schedule, both with the captured loop (the sampler's default on CUDA), with the eager decoder
-("eager-decoder") and with ``CompiledDecoding`` ("compiled-decoder").
+("eager-decoder") and with ``CompiledDecoding`` ("compiled-decoder"); HMAR also with its per-scale passes compiled
+(``sampling.CompiledInference``, "compiled-passes+decoder").
+
+A row that fails prints its error and the run goes on (exit code 1 at the end).
 
 Columns: model, depth, px, batch, mode, backend, ms (median of CUDA-event timings after warm-up), tokens_per_s,
 images_per_s, model_tflops (6 × per-token matmul parameters × tokens + 3.5 × the attention's forward FLOPs over
@@ -137,13 +140,15 @@ def train_row(model_kind, mode, backend, depth, px, batch, rate, profile_dir=Non
                 model_tflops=round(tflops, 3), mfu=round(tflops / ms * 1e3 / rate, 4), peak_mem_mb=round(peak))
 
 
-def sample_row(model_kind, decoder, decoding) -> dict:
+def sample_row(model_kind, decoder, decoding, compiled_passes=False) -> dict:
     """``decoding``: the VQVAE, or its ``CompiledDecoding`` (one instance for all rows: one compilation)."""
     import hmar_model as hm
+    from hmar_model.sampling import CompiledInference
 
     patch_nums = SCHEDULES[SAMPLE_PX]
     build = hm.build_var if model_kind == "var" else hm.build_hmar
     model = build(SAMPLE_DEPTH, patch_nums, device="cuda").eval()
+    model = CompiledInference(model) if compiled_passes else model
     seeds = iter(range(10 ** 6))
     call = lambda: hm.sample(model, decoding, num_images=SAMPLE_IMAGES, seed=next(seeds),  # noqa: E731
                              dtype=torch.bfloat16)
@@ -152,6 +157,7 @@ def sample_row(model_kind, decoder, decoding) -> dict:
     ms = time_ms(call, warmup=2, reps=10)
     peak = peak_mem_mb(call)
     hm.sampling.release_graphs(model)
+    decoder = f"compiled-passes+{decoder}" if compiled_passes else decoder
     print(f"sample {model_kind} d{SAMPLE_DEPTH} {SAMPLE_PX}px {SAMPLE_IMAGES} images {decoder:16s} {ms:8.2f} ms  "
           f"{SAMPLE_IMAGES / ms * 1e3:7.1f} images/s", flush=True)
     L = sum(p * p for p in patch_nums)
@@ -240,10 +246,19 @@ def main(argv=None) -> int:
     rate = matmul_tflops()
     print(f"{meta['device']}: bf16 matmul {rate:.0f} TFLOP/s (torch {meta['torch']}, triton {meta['triton']}, "
           f"commit {meta['commit']})", flush=True)
-    rows, measured = read_rows(out / "e2e.csv"), 0
+    rows, measured, failed = read_rows(out / "e2e.csv"), 0, []
 
-    def add(row):
+    def add(label, make_row):
         nonlocal rows, measured
+        try:
+            row = make_row()
+        except torch.cuda.OutOfMemoryError:
+            print(f"{label}: out of memory, row skipped", flush=True)
+            return
+        except Exception as error:  # a benchmark goes on: report the failed row, measure the others
+            print(f"{label}: FAILED with {type(error).__name__}: {error}", flush=True)
+            failed.append(label)
+            return
         rows, measured = merge_row(rows, {**row, **meta}), measured + 1
         write_rows(out / "e2e.csv", rows)
 
@@ -251,23 +266,22 @@ def main(argv=None) -> int:
         depth, px, batch = TRAIN_CONFIGS[name]
         for model_kind, mode, backend in TRAIN_ROWS:
             profile_dir = out if args.profile and name == "d16-256" and model_kind == "hmar" else None
-            try:
-                add(train_row(model_kind, mode, backend, depth, px, batch, rate, profile_dir))
-            except torch.cuda.OutOfMemoryError:
-                print(f"train {model_kind} d{depth} {px}px B={batch} {mode}: out of memory, row skipped", flush=True)
+            add(f"train {model_kind} d{depth} {px}px B={batch} {mode} {backend}",
+                lambda: train_row(model_kind, mode, backend, depth, px, batch, rate, profile_dir))
             free_memory()
     if not args.no_sampling:
         from hmar_model.vqvae import CompiledDecoding, build_vqvae
 
         vqvae = build_vqvae(SCHEDULES[SAMPLE_PX], device="cuda")
         decodings = {"eager-decoder": vqvae, "compiled-decoder": CompiledDecoding(vqvae)}
-        for model_kind in ("var", "hmar"):
-            for decoder, decoding in decodings.items():
-                add(sample_row(model_kind, decoder, decoding))
-                gc.collect()
-                torch.cuda.empty_cache()
-    print(f"measured {measured} rows; {out / 'e2e.csv'} holds {len(rows)}")
-    return 0
+        runs = [(kind, decoder, False) for kind in ("var", "hmar") for decoder in decodings]
+        for model_kind, decoder, compiled_passes in runs + [("hmar", "compiled-decoder", True)]:
+            add(f"sample {model_kind} {decoder} compiled passes {compiled_passes}",
+                lambda: sample_row(model_kind, decoder, decodings[decoder], compiled_passes))
+            gc.collect()
+            torch.cuda.empty_cache()
+    print(f"measured {measured} rows; {out / 'e2e.csv'} holds {len(rows)}; failed: {failed or 'none'}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -56,3 +56,21 @@ def test_gpu_fast_sampler_same_tokens_as_reference(kind):
             golden = vqvae.indices_to_img(want_idx).float().add(1).mul(0.5)  # fp32 eager decoder, same tokens
         err, eager_err = ((x.float() - golden).abs().mean() for x in (img, want_img))
         assert err <= 2 * eager_err + torch.finfo(torch.bfloat16).eps, (err, eager_err)
+
+
+@pytest.mark.parametrize("kind", ["hmar", "var"])
+def test_compiled_inference_greedy_tokens_equal_the_reference_loop(kind):
+    """Greedy (top_k = 1) sampling through the compiled passes draws the reference loop's tokens, refinement
+    included; VAR passes through."""
+    from hmar_model.sampling import CompiledInference
+
+    torch.manual_seed(0)
+    vqvae = tiny_vqvae()
+    model = randomize_(tiny_transformer(kind), seed=2, std=0.1).eval()
+    fast = CompiledInference(model, compile_backend="aot_eager")
+    assert hasattr(fast, "mask_logits") == (kind == "hmar")
+    kw = dict(labels=[1, 2, 3], cfg=1.5, top_k=1, top_p=0.0, seed=5, return_indices=True)
+    want_img, want_idx = hm.sample(model, vqvae, reference=True, **kw)
+    img, idx = hm.sample(fast, vqvae, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(idx, want_idx))
+    torch.testing.assert_close(img, want_img)
