@@ -29,7 +29,7 @@ def loss_and_grads(model, inputs, target, weights, fused):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("kind", ["var", "hmar_nsp", "hmar_mp"])
+@pytest.mark.parametrize("kind", ["var", "hmar_mp"])  # NSP runs VAR's forward
 def test_fused_loss_and_gradients_equal_reference(kind):
     model = model_of(kind, seed=5)
     inputs, target, weights = batch(kind, seed=6)
