@@ -8,7 +8,7 @@ import torch._dynamo.testing
 
 from conftest import HAS_CUDA
 from hmar_kernels.fused import qk_norm, qk_norm_reference
-from hmar_kernels.fused.qk_norm import qk_norm_forward
+from hmar_kernels.fused.qk_norm_op import qk_norm_forward
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 
@@ -86,3 +86,17 @@ def test_bad_inputs():
         qk_norm(q, k.double(), torch.zeros(2, device=DEVICE))
     with pytest.raises(ValueError, match="q and k must both be"):
         qk_norm(q[0], k[0], torch.zeros(2, device=DEVICE))
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the CPU path without the Triton interpreter")
+def test_without_kernel_warns_once_and_computes_the_same(monkeypatch):
+    from hmar_kernels.fused import qk_norm_op as module
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    module._warn_once.cache_clear()
+    _, (q, k, _) = qkv_views(1, 2, 5, 16, torch.float64, seed=2)
+    theta = thetas(2, seed=3)
+    with pytest.warns(UserWarning, match="needs CUDA.*unfused PyTorch formulation"):
+        got = qk_norm(q, k, theta)
+    for a, b in zip(got, qk_norm_reference(q, k, theta)):
+        assert torch.equal(a, b)

@@ -4,6 +4,6 @@ custom ops with fake implementations, and chunked PyTorch formulations), each wi
     from hmar_kernels.fused import qk_norm, linear_cross_entropy
 """
 from .linear_ce import linear_cross_entropy
-from .qk_norm import qk_norm, qk_norm_reference
+from .qk_norm_op import qk_norm, qk_norm_reference
 
 __all__ = ["linear_cross_entropy", "qk_norm", "qk_norm_reference"]

@@ -180,7 +180,7 @@ def qk_norm_reference(q: torch.Tensor, k: torch.Tensor, theta: torch.Tensor) -> 
     return q_out.to(q.dtype), torch.nn.functional.normalize(k.to(compute), dim=-1, eps=NORM_EPS).to(q.dtype)
 
 
-def kernel_problem(q: torch.Tensor, k: torch.Tensor, theta: torch.Tensor) -> str | None:
+def kernel_problem(q: torch.Tensor) -> str | None:
     """Why the Triton kernel cannot take these inputs, or None."""
     if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
         return f"q is on {q.device} (the kernel needs CUDA, or TRITON_INTERPRET=1 on the CPU)"
@@ -218,7 +218,7 @@ def qk_norm(q: torch.Tensor, k: torch.Tensor, theta: torch.Tensor) -> tuple[torc
     TRITON_INTERPRET=1); elsewhere the plain formulation runs, with a one-time warning saying why.
     """
     _validate(q, k, theta)
-    problem = kernel_problem(q, k, theta)
+    problem = kernel_problem(q)
     if problem is not None:
         _warn_once(problem)
         return qk_norm_reference(q, k, theta)
