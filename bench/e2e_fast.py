@@ -233,6 +233,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.environ.get("OUT", "."), help="folder of e2e.csv (default: $OUT or .)")
     parser.add_argument("--configs", nargs="+", default=list(TRAIN_CONFIGS), choices=list(TRAIN_CONFIGS),
                         help="training configs (default: all four)")
+    parser.add_argument("--no-train", action="store_true", help="skip the training rows")
     parser.add_argument("--no-sampling", action="store_true", help="skip the sampling rows")
     parser.add_argument("--profile", action="store_true",
                         help="also write profile_*.txt (kernels by CUDA time) for the d16 256 px HMAR rows")
@@ -262,7 +263,7 @@ def main(argv=None) -> int:
         rows, measured = merge_row(rows, {**row, **meta}), measured + 1
         write_rows(out / "e2e.csv", rows)
 
-    for name in args.configs:
+    for name in [] if args.no_train else args.configs:
         depth, px, batch = TRAIN_CONFIGS[name]
         for model_kind, mode, backend in TRAIN_ROWS:
             profile_dir = out if args.profile and name == "d16-256" and model_kind == "hmar" else None
