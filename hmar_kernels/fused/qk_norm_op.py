@@ -7,10 +7,14 @@ q, k: (B, H, L, D) with any strides whose last dimension is contiguous (views of
 in q's dtype; the math runs in fp32 (fp64 for fp64 inputs) and rounds once, as the eager formulation under
 autocast does (F.normalize returns fp32 there, cast to v's dtype after the temperature).
 
+The kernels take the temperature t = exp(min(θ, ln 100)) (H,), computed by torch, and return dt: autograd
+differentiates the clamp and exp, and no float literal of the clamp enters a kernel (Triton makes Python float
+constants fp32, which cost the fp64 path its accuracy on the GPU at clamped heads).
+
 Why a kernel: under torch.compile the backward of this formulation is the largest fused kernel left in an HMAR
 step (≈ 0.47 ms per d16 layer at 256 px, B = 32 on an H200) because dθ reduces over (B, L, D) across a layout
 Inductor splits badly. Here one program owns BLOCK_L rows of one (batch, head), reads q, k and the two output
-gradients once, writes dq, dk and one fp32 partial of dθ; the partials (row blocks × B·H) are summed by torch.
+gradients once, writes dq, dk and one fp32 partial of dt; the partials (row blocks × B·H) are summed by torch.
 
 Registered as torch.library custom ops with fake implementations, so torch.compile(fullgraph=True) keeps them in
 its graph; autograd is wired with ``register_autograd``.
@@ -39,21 +43,13 @@ def _row_tile(ptr, b, h, offs_l, L, s_b, s_h, s_l, D: tl.constexpr):
 
 
 @triton.jit
-def _temperature(theta_ptr, h, MAX_LOG_T: tl.constexpr, COMPUTE: tl.constexpr):
-    """(exp(min(θ_h, ln 100)), whether θ_h passes the clamp: torch's clamp gradient flows where θ ≤ max)."""
-    theta = tl.load(theta_ptr + h).to(COMPUTE)
-    return tl.exp(tl.minimum(theta, MAX_LOG_T)), theta <= MAX_LOG_T
-
-
-@triton.jit
-def qk_norm_fwd_kernel(q_ptr, k_ptr, theta_ptr, qo_ptr, ko_ptr, H, L,
+def qk_norm_fwd_kernel(q_ptr, k_ptr, t_ptr, qo_ptr, ko_ptr, H, L,
                        sq_b, sq_h, sq_l, sk_b, sk_h, sk_l,
-                       D: tl.constexpr, BLOCK: tl.constexpr, EPS: tl.constexpr, MAX_LOG_T: tl.constexpr,
-                       COMPUTE: tl.constexpr):
+                       D: tl.constexpr, BLOCK: tl.constexpr, EPS: tl.constexpr, COMPUTE: tl.constexpr):
     bh = tl.program_id(1)
     b, h = bh // H, bh % H
     offs_l = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    t, _ = _temperature(theta_ptr, h, MAX_LOG_T, COMPUTE)
+    t = tl.load(t_ptr + h).to(COMPUTE)
     q_ptrs, mask = _row_tile(q_ptr, b, h, offs_l, L, sq_b, sq_h, sq_l, D)
     k_ptrs, _ = _row_tile(k_ptr, b, h, offs_l, L, sk_b, sk_h, sk_l, D)
     q = tl.load(q_ptrs, mask=mask, other=0.0).to(COMPUTE)
@@ -78,14 +74,13 @@ def _normalize_bwd(x, dy, EPS: tl.constexpr):
 
 
 @triton.jit
-def qk_norm_bwd_kernel(q_ptr, k_ptr, theta_ptr, dqo_ptr, dko_ptr, dq_ptr, dk_ptr, dtheta_part_ptr, H, L,
+def qk_norm_bwd_kernel(q_ptr, k_ptr, t_ptr, dqo_ptr, dko_ptr, dq_ptr, dk_ptr, dt_part_ptr, H, L,
                        sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sdq_b, sdq_h, sdq_l, sdk_b, sdk_h, sdk_l,
-                       D: tl.constexpr, BLOCK: tl.constexpr, EPS: tl.constexpr, MAX_LOG_T: tl.constexpr,
-                       COMPUTE: tl.constexpr):
+                       D: tl.constexpr, BLOCK: tl.constexpr, EPS: tl.constexpr, COMPUTE: tl.constexpr):
     bh = tl.program_id(1)
     b, h = bh // H, bh % H
     offs_l = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    t, passes = _temperature(theta_ptr, h, MAX_LOG_T, COMPUTE)
+    t = tl.load(t_ptr + h).to(COMPUTE)
     q_ptrs, mask = _row_tile(q_ptr, b, h, offs_l, L, sq_b, sq_h, sq_l, D)
     k_ptrs, _ = _row_tile(k_ptr, b, h, offs_l, L, sk_b, sk_h, sk_l, D)
     dqo_ptrs, _ = _row_tile(dqo_ptr, b, h, offs_l, L, sdq_b, sdq_h, sdq_l, D)
@@ -98,9 +93,8 @@ def qk_norm_bwd_kernel(q_ptr, k_ptr, theta_ptr, dqo_ptr, dko_ptr, dq_ptr, dk_ptr
     dk_ptrs, _ = _row_tile(dk_ptr, b, h, offs_l, L, H * L * D, L * D, D, D)
     tl.store(dq_ptrs, dq.to(dq_ptr.dtype.element_ty), mask=mask)
     tl.store(dk_ptrs, dk.to(dk_ptr.dtype.element_ty), mask=mask)
-    # d q_out / d θ = q_unit · t where the clamp passes θ; one partial per (row block, b·h).
-    dtheta = tl.where(passes, tl.sum(tl.sum(dqo * q_unit, axis=1), axis=0) * t, 0.0)
-    tl.store(dtheta_part_ptr + tl.program_id(0) * tl.num_programs(1) + bh, dtheta)
+    # d q_out / d t = q_unit; one partial of Σ dq_out · q_unit per (row block, b·h).
+    tl.store(dt_part_ptr + tl.program_id(0) * tl.num_programs(1) + bh, tl.sum(tl.sum(dqo * q_unit, axis=1), axis=0))
 
 
 def _compute_dtype(dtype: torch.dtype):
@@ -117,27 +111,26 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 
 
 @torch.library.custom_op("hmar_kernels::qk_norm_forward", mutates_args=())
-def qk_norm_forward(q: torch.Tensor, k: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q_out, k_out), contiguous (B, H, L, D) in q's dtype."""
+def qk_norm_forward(q: torch.Tensor, k: torch.Tensor, temperature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q / ‖q‖ · t_h, k / ‖k‖), contiguous (B, H, L, D) in q's dtype; temperature (H,) in the compute dtype."""
     q, k = _last_dim_contiguous(q), _last_dim_contiguous(k)
     q_out, k_out = torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(q.shape, dtype=q.dtype,
                                                                                    device=q.device)
     H, L, D = q.shape[1:]
-    qk_norm_fwd_kernel[_grid(q)](q, k, theta, q_out, k_out, H, L, *q.stride()[:3], *k.stride()[:3], D=D,
-                                 BLOCK=BLOCK_L, EPS=NORM_EPS, MAX_LOG_T=MAX_LOG_TEMPERATURE,
-                                 COMPUTE=_compute_dtype(q.dtype))
+    qk_norm_fwd_kernel[_grid(q)](q, k, temperature, q_out, k_out, H, L, *q.stride()[:3], *k.stride()[:3], D=D,
+                                 BLOCK=BLOCK_L, EPS=NORM_EPS, COMPUTE=_compute_dtype(q.dtype))
     return q_out, k_out
 
 
 @qk_norm_forward.register_fake
-def _qk_norm_forward_fake(q, k, theta):
+def _qk_norm_forward_fake(q, k, temperature):
     return q.new_empty(q.shape).contiguous(), q.new_empty(q.shape).contiguous()
 
 
 @torch.library.custom_op("hmar_kernels::qk_norm_backward", mutates_args=())
 def qk_norm_backward(dq_out: torch.Tensor, dk_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                     theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk) contiguous (B, H, L, D) in q's dtype and dθ (H,) in θ's dtype."""
+                     temperature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk) contiguous (B, H, L, D) in q's dtype and dt (H,) in the temperature's dtype."""
     q, k, dq_out, dk_out = (_last_dim_contiguous(t) for t in (q, k, dq_out, dk_out))
     B, H, L, D = q.shape
     dq, dk = torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(q.shape, dtype=q.dtype,
@@ -145,27 +138,28 @@ def qk_norm_backward(dq_out: torch.Tensor, dk_out: torch.Tensor, q: torch.Tensor
     grid = _grid(q)
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     partials = torch.empty(grid[0], B, H, dtype=compute, device=q.device)  # (row blocks, B, H)
-    qk_norm_bwd_kernel[grid](q, k, theta, dq_out, dk_out, dq, dk, partials, H, L, *q.stride()[:3],
+    qk_norm_bwd_kernel[grid](q, k, temperature, dq_out, dk_out, dq, dk, partials, H, L, *q.stride()[:3],
                              *k.stride()[:3], *dq_out.stride()[:3], *dk_out.stride()[:3], D=D, BLOCK=BLOCK_L,
-                             EPS=NORM_EPS, MAX_LOG_T=MAX_LOG_TEMPERATURE, COMPUTE=_compute_dtype(q.dtype))
-    return dq, dk, partials.sum(dim=(0, 1)).to(theta.dtype)
+                             EPS=NORM_EPS, COMPUTE=_compute_dtype(q.dtype))
+    return dq, dk, partials.sum(dim=(0, 1)).to(temperature.dtype)
 
 
 @qk_norm_backward.register_fake
-def _qk_norm_backward_fake(dq_out, dk_out, q, k, theta):
-    return q.new_empty(q.shape).contiguous(), q.new_empty(q.shape).contiguous(), theta.new_empty(theta.shape)
+def _qk_norm_backward_fake(dq_out, dk_out, q, k, temperature):
+    return (q.new_empty(q.shape).contiguous(), q.new_empty(q.shape).contiguous(),
+            temperature.new_empty(temperature.shape))
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, theta = inputs
-    ctx.save_for_backward(q, k, theta)
+    q, k, temperature = inputs
+    ctx.save_for_backward(q, k, temperature)
 
 
 def _backward(ctx, dq_out, dk_out):
-    q, k, theta = ctx.saved_tensors
+    q, k, temperature = ctx.saved_tensors
     dq_out = torch.zeros_like(q) if dq_out is None else dq_out
     dk_out = torch.zeros_like(k) if dk_out is None else dk_out
-    return qk_norm_backward(dq_out, dk_out, q, k, theta)
+    return qk_norm_backward(dq_out, dk_out, q, k, temperature)
 
 
 qk_norm_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -222,4 +216,5 @@ def qk_norm(q: torch.Tensor, k: torch.Tensor, theta: torch.Tensor) -> tuple[torc
     if problem is not None:
         _warn_once(problem)
         return qk_norm_reference(q, k, theta)
-    return qk_norm_forward(q, k, theta)
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return qk_norm_forward(q, k, theta.to(compute).clamp(max=MAX_LOG_TEMPERATURE).exp())
