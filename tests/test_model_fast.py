@@ -4,10 +4,12 @@ every parameter gradient, and ``TrainStep`` stepping the optimizer as a hand-wri
 import pytest
 import torch
 
+from conftest import HAS_CUDA
 from hmar_model.fast_step import TrainStep, weighted_cross_entropy
 from hmar_model.tiny import TINY_PATCH_NUMS, randomize_, tiny_transformer
 
 B, L = 3, sum(p * p for p in TINY_PATCH_NUMS)
+DEVICE = "cuda" if HAS_CUDA else "cpu"  # the q/k-norm kernel runs on CUDA, or in the CPU interpreter
 
 
 def batch(kind, seed):
@@ -15,11 +17,13 @@ def batch(kind, seed):
     inputs = (torch.randint(0, 11, (B,), generator=g), torch.randn(B, L - 1, 8, generator=g, dtype=torch.float64))
     if kind == "hmar_mp":
         inputs += (torch.randn(B, L - 1, 8, generator=g, dtype=torch.float64), torch.rand(L - 1, generator=g) < 0.4)
-    return inputs, torch.randint(0, 64, (B, L), generator=g), torch.rand(L, generator=g, dtype=torch.float64)
+    target, weights = torch.randint(0, 64, (B, L), generator=g), torch.rand(L, generator=g, dtype=torch.float64)
+    return tuple(x.to(DEVICE) for x in inputs), target.to(DEVICE), weights.to(DEVICE)
 
 
 def model_of(kind, seed):
-    return randomize_(tiny_transformer(kind, cond_drop_rate=0.0, drop_path_rate=0.0), seed).double().train()
+    model = randomize_(tiny_transformer(kind, cond_drop_rate=0.0, drop_path_rate=0.0), seed)
+    return model.double().to(DEVICE).train()
 
 
 def loss_and_grads(model, inputs, target, weights, fused):
@@ -77,7 +81,7 @@ def test_train_step_steps_the_optimizer_like_a_plain_step():
 def test_train_step_bad_arguments():
     model = model_of("var", seed=1)
     with pytest.raises(ValueError, match="loss_weights must be"):
-        TrainStep(model, loss_weights=torch.ones(L + 1))
+        TrainStep(model, loss_weights=torch.ones(L + 1, device=DEVICE))
     with pytest.raises(TypeError, match="dtype must be"):
         TrainStep(model, dtype=torch.int8)
     with pytest.raises(TypeError, match="TrainStep trains VAR"):

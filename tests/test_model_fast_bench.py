@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import HAS_CUDA, REAL_SCHEDULES
 from hmar_kernels.schedule import dense_mask, named_pattern_bits

@@ -9,18 +9,21 @@ import pytest
 import torch
 import torch._dynamo.testing
 
+from conftest import HAS_CUDA
 from hmar_model.tiny import TINY_PATCH_NUMS, randomize_, tiny_transformer
 
 B, L = 2, sum(p * p for p in TINY_PATCH_NUMS)
+DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 
 def step_inputs(seed, kind):
     g = torch.Generator().manual_seed(seed)
     label_B = torch.randint(0, 10, (B,), generator=g)
     x_BLCv = torch.randn(B, L - 1, 8, generator=g)
+    inputs = (label_B, x_BLCv)
     if kind == "hmar_mp":
-        return label_B, x_BLCv, torch.randn(B, L - 1, 8, generator=g), torch.rand(B, L - 1, generator=g) < 0.5
-    return label_B, x_BLCv
+        inputs += (torch.randn(B, L - 1, 8, generator=g), torch.rand(B, L - 1, generator=g) < 0.5)
+    return tuple(x.to(DEVICE) for x in inputs)
 
 
 def loss_and_grads(call, model, inputs, backend):
@@ -35,7 +38,7 @@ def loss_and_grads(call, model, inputs, backend):
 @pytest.mark.parametrize("kind, backend", [("var", "triton"), ("hmar_mp", "reference")])
 def test_one_graph_no_recompile_matches_eager(kind, backend):
     # No label dropout / drop path: the compiled and eager steps must draw nothing random to be compared.
-    model = randomize_(tiny_transformer(kind, cond_drop_rate=0.0, drop_path_rate=0.0), seed=3).train()
+    model = randomize_(tiny_transformer(kind, cond_drop_rate=0.0, drop_path_rate=0.0), seed=3).to(DEVICE).train()
     torch._dynamo.reset()
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(model, backend=counter, fullgraph=True)
@@ -52,7 +55,7 @@ def test_one_graph_no_recompile_matches_eager(kind, backend):
 
 def test_training_randomness_compiles_once():
     """Label dropout and drop path draw fresh random numbers every step inside the one graph."""
-    model = randomize_(tiny_transformer("hmar_nsp", cond_drop_rate=0.5, drop_path_rate=0.5), seed=4).train()
+    model = randomize_(tiny_transformer("hmar_nsp", cond_drop_rate=0.5, drop_path_rate=0.5), seed=4).to(DEVICE).train()
     torch._dynamo.reset()
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(model, backend=counter, fullgraph=True)

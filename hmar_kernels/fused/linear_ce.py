@@ -94,8 +94,8 @@ def _validate(h_NC, weight_VC, bias_V, target_N, chunk_rows):
 
 def linear_cross_entropy(h_NC: torch.Tensor, weight_VC: torch.Tensor, bias_V: torch.Tensor | None,
                          target_N: torch.Tensor, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> torch.Tensor:
-    """Per-row cross-entropy (N,) fp32 (float64 for float64 inputs) of the logits ``h @ weight.T + bias`` against ``target`` (int64 in [0, V)),
-    computed ``chunk_rows`` rows at a time; differentiable in h, weight and bias.
+    """Per-row cross-entropy (N,) fp32 (float64 for float64 inputs) of the logits ``h @ weight.T + bias`` against
+    ``target`` (int64 in [0, V)), computed ``chunk_rows`` rows at a time; differentiable in h, weight and bias.
 
     Under autocast the matmuls run in autocast's dtype (as an autocast ``nn.Linear`` head does).
     """
