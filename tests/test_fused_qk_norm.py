@@ -77,7 +77,7 @@ def test_compiles_in_one_graph():
     compiled = torch.compile(lambda a, b, t: [x.sum() for x in qk_norm(a, b, t)], backend=counter, fullgraph=True)
     got = torch.autograd.grad(sum(compiled(q, k, theta)), theta)
     want = torch.autograd.grad(sum(x.sum() for x in qk_norm_reference(q, k, theta)), theta)
-    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)  # fp32 sums in another order (accuracy: above)
     assert counter.frame_count == 1
 
 
