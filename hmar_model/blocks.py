@@ -9,6 +9,10 @@ How a block attends is passed in, never switched on inside a module:
 
 Attention logits: q and k are L2-normalised, q is multiplied by a per-head temperature exp(min(θ_h, ln 100)),
 and the softmax scale is 1.
+
+``fused=True`` (the fast training step) computes that normalisation with one Triton kernel per pass
+(``hmar_kernels.fused.qk_norm``) instead of the plain formulation, which stays the reference; ``head_cross_entropy``
+replaces ``logits`` + cross-entropy without materialising the (B, L, V) logits.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import hmar_kernels
+from hmar_kernels.fused import linear_cross_entropy, qk_norm
 
 from .schedules import scale_slices, seq_len
 
@@ -96,15 +101,18 @@ class SelfAttention(nn.Module):
         self.scale_mul_1H11 = nn.Parameter(torch.full((1, num_heads, 1, 1), math.log(4.0)))
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x_BLC: torch.Tensor, attend: Attend) -> torch.Tensor:
+    def forward(self, x_BLC: torch.Tensor, attend: Attend, fused: bool = False) -> torch.Tensor:
         B, L, C = x_BLC.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))  # [q_bias | 0 | v_bias]
         qkv = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D)
-        temperature = self.scale_mul_1H11.clamp(max=MAX_LOG_TEMPERATURE).exp()
-        # Under autocast normalize() returns fp32; the attention kernels want one dtype, v's.
-        q = F.normalize(q, dim=-1).mul(temperature).to(v.dtype)
-        k = F.normalize(k, dim=-1).to(v.dtype)
+        if fused:
+            q, k = qk_norm(q, k, self.scale_mul_1H11.view(self.num_heads))  # same math, one kernel per pass
+        else:
+            temperature = self.scale_mul_1H11.clamp(max=MAX_LOG_TEMPERATURE).exp()
+            # Under autocast normalize() returns fp32; the attention kernels want one dtype, v's.
+            q = F.normalize(q, dim=-1).mul(temperature).to(v.dtype)
+            k = F.normalize(k, dim=-1).to(v.dtype)
         out = attend(q, k, v)  # (B, H, L, D)
         return self.proj(out.transpose(1, 2).reshape(B, L, C))
 
@@ -135,9 +143,10 @@ class AdaLNSelfAttn(nn.Module):
         self.ffn = FFN(width, round(width * mlp_ratio))
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * width))
 
-    def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor, attend: Attend) -> torch.Tensor:
+    def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor, attend: Attend, fused: bool = False
+                ) -> torch.Tensor:
         gamma1, gamma2, scale1, scale2, shift1, shift2 = self.ada_lin(cond_BD).view(-1, 1, 6, self.width).unbind(2)
-        h = self.attn(self.ln_wo_grad(x_BLC).mul(scale1.add(1)).add_(shift1), attend)
+        h = self.attn(self.ln_wo_grad(x_BLC).mul(scale1.add(1)).add_(shift1), attend, fused)
         x_BLC = x_BLC + drop_path(h * gamma1, self.drop_path_rate, self.training)
         h = self.ffn(self.ln_wo_grad(x_BLC).mul(scale2.add(1)).add_(shift2))
         return x_BLC + drop_path(h * gamma2, self.drop_path_rate, self.training)
@@ -157,10 +166,11 @@ class AdaLNBeforeHead(nn.Module):
         return self.ln_wo_grad(x_BLC).mul(scale.add(1)).add_(shift)
 
 
-def run_blocks(blocks: Sequence[AdaLNSelfAttn], x_BLC, cond_BD, attend: Attend | Sequence[Attend]):
+def run_blocks(blocks: Sequence[AdaLNSelfAttn], x_BLC, cond_BD, attend: Attend | Sequence[Attend],
+               fused: bool = False):
     """Run ``blocks`` in order; ``attend`` is one function for all or one per block (a KV cache's layers)."""
     for i, block in enumerate(blocks):
-        x_BLC = block(x_BLC, cond_BD, attend if callable(attend) else attend[i])
+        x_BLC = block(x_BLC, cond_BD, attend if callable(attend) else attend[i], fused)
     return x_BLC
 
 
@@ -172,6 +182,20 @@ def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
 def logits(head_nm: AdaLNBeforeHead, head: nn.Linear, x_BLC, cond_BD) -> torch.Tensor:
     """head(head_nm(x, cond)) as fp32 (B, L, V); under autocast the head itself runs in low precision."""
     return at_least_fp32(head(at_least_fp32(head_nm(at_least_fp32(x_BLC), cond_BD))))
+
+
+def head_cross_entropy(head_nm: AdaLNBeforeHead, head: nn.Linear, x_BLC, cond_BD, target_BL: torch.Tensor,
+                       chunk_rows: int | None = None) -> torch.Tensor:
+    """Per-token cross-entropy (B, L) fp32 of ``logits(head_nm, head, x, cond)`` against ``target_BL``, with the
+    head fused into the loss over row chunks: the (B, L, V) fp32 logits never exist (same rounding under
+    autocast; weight the result per token, e.g. ``(ce_BL * w_L).sum(1).mean()``)."""
+    B, L, _ = x_BLC.shape
+    if target_BL.shape != (B, L):
+        raise ValueError(f"target_BL must be ({B}, {L}) (one token per position of x_BLC), got "
+                         f"{tuple(target_BL.shape)}")
+    h_BLC = at_least_fp32(head_nm(at_least_fp32(x_BLC), cond_BD))
+    chunks = {} if chunk_rows is None else {"chunk_rows": chunk_rows}
+    return linear_cross_entropy(h_BLC.flatten(0, 1), head.weight, head.bias, target_BL.flatten(), **chunks).view(B, L)
 
 
 class ScaleEmbeddings(nn.Module):

@@ -19,8 +19,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .blocks import (AdaLNBeforeHead, MultiScaleAttention, ScaleEmbeddings, at_least_fp32, dense_attention, logits,
-                     run_blocks)
+from .blocks import (AdaLNBeforeHead, MultiScaleAttention, ScaleEmbeddings, at_least_fp32, dense_attention,
+                     head_cross_entropy, logits, run_blocks)
 from .schedules import PATCH_NUMS
 from .quant import autocast_disabled
 from .var import VAR, TransformerConfig, build_transformer, make_blocks
@@ -54,20 +54,22 @@ class _SplitBiasEmbeddings(ScaleEmbeddings):
         own_BlC = torch.where(masked_Bl.unsqueeze(-1), self.mask_embed.weight.to(own_BlC.dtype), own_BlC)
         return self.word_embed(at_least_fp32(ctx_BlCv)) + own_BlC + self.word_embed_bias
 
-    def _teacher_forcing(self, label_B, body_BlC, blocks, head_nm, head, backend):
-        """Prepend the class token, add lvl_pos, run ``blocks`` block-diagonally, return logits (B, L, V)."""
+    def _teacher_forcing(self, label_B, body_BlC, blocks, head_nm, head, backend, fused, return_hidden):
+        """Prepend the class token, add lvl_pos, run ``blocks`` block-diagonally, return logits (B, L, V) or
+        (x_BLC, cond_BD) with ``return_hidden``."""
         with autocast_disabled():
             cond_BD = self.conditioning(label_B, self.cfg.cond_drop_rate if self.training else 0.0)
             lvl_pos = self.lvl_pos()
             x_BLC = torch.cat((self.start_tokens(cond_BD, lvl_pos), body_BlC + lvl_pos[:, self.first_l:]), dim=1)
-        x_BLC = run_blocks(blocks, x_BLC, cond_BD, MultiScaleAttention(self.patch_nums, "block_diagonal", backend))
-        return logits(head_nm, head, x_BLC, cond_BD)
+        x_BLC = run_blocks(blocks, x_BLC, cond_BD, MultiScaleAttention(self.patch_nums, "block_diagonal", backend),
+                           fused)
+        return (x_BLC, cond_BD) if return_hidden else logits(head_nm, head, x_BLC, cond_BD)
 
-    def _mask_forward(self, label_B, x_ctx, x_own, masked, blocks, head_nm, head, backend):
+    def _mask_forward(self, label_B, x_ctx, x_own, masked, blocks, head_nm, head, backend, fused, return_hidden):
         masked = _validate_masked(masked, x_own)
         with autocast_disabled():
             body = self.mask_tokens(x_ctx, x_own, masked)
-        return self._teacher_forcing(label_B, body, blocks, head_nm, head, backend)
+        return self._teacher_forcing(label_B, body, blocks, head_nm, head, backend, fused, return_hidden)
 
 
 def _validate_masked(masked: torch.Tensor, x_own: torch.Tensor) -> torch.Tensor:
@@ -93,11 +95,17 @@ class MaskedPrediction(_SplitBiasEmbeddings):
         self.head_nm = AdaLNBeforeHead(cfg.width, cfg.width, cfg.norm_eps)
         self.head = nn.Linear(cfg.width, cfg.vocab_size)
 
-    def forward(self, label_B, x_ctx_BLCv, x_own_BLCv, masked, backend: str = "auto") -> torch.Tensor:
+    def forward(self, label_B, x_ctx_BLCv, x_own_BLCv, masked, backend: str = "auto", *, fused: bool = False,
+                return_hidden: bool = False):
         """Logits (B, L, V). x_ctx = next-scale inputs, x_own = ``quantizer.masked_inputs``; ``masked`` (L − n_0,)
-        or (B, L − n_0) bool marks the positions whose own token is replaced by [MASK]."""
+        or (B, L − n_0) bool marks the positions whose own token is replaced by [MASK]. ``fused`` and
+        ``return_hidden`` as in ``VAR.forward``."""
         return self._mask_forward(label_B, x_ctx_BLCv, x_own_BLCv, masked, self.blocks, self.head_nm, self.head,
-                                  backend)
+                                  backend, fused, return_hidden)
+
+    def head_cross_entropy(self, x_BLC, cond_BD, target_BL, chunk_rows: int | None = None) -> torch.Tensor:
+        """Per-token cross-entropy (B, L) of the head, fused (see ``VAR.head_cross_entropy``)."""
+        return head_cross_entropy(self.head_nm, self.head, x_BLC, cond_BD, target_BL, chunk_rows)
 
     def freeze_for_finetuning(self) -> list[str]:
         """Leave trainable only the last n_layers_train blocks, head_nm, head and mask_embed (as the official
@@ -141,16 +149,19 @@ class HMAR(_SplitBiasEmbeddings):
     def mask_path(self) -> list:
         return list(self.base_blocks) + list(self.mask_blocks)
 
-    def forward_next_scale(self, label_B, x_BLCv_wo_first_l, backend: str = "auto") -> torch.Tensor:
+    def forward_next_scale(self, label_B, x_BLCv_wo_first_l, backend: str = "auto", *, fused: bool = False
+                           ) -> torch.Tensor:
         """Teacher-forced next-scale logits (B, L, V), block-diagonal (equals the NSP model it came from)."""
         with autocast_disabled():
             body = self.word_tokens(x_BLCv_wo_first_l)
-        return self._teacher_forcing(label_B, body, self.ns_path, self.ns_head_nm, self.ns_head, backend)
+        return self._teacher_forcing(label_B, body, self.ns_path, self.ns_head_nm, self.ns_head, backend, fused,
+                                     False)
 
-    def forward_masked(self, label_B, x_ctx_BLCv, x_own_BLCv, masked, backend: str = "auto") -> torch.Tensor:
+    def forward_masked(self, label_B, x_ctx_BLCv, x_own_BLCv, masked, backend: str = "auto", *,
+                       fused: bool = False) -> torch.Tensor:
         """Teacher-forced masked-prediction logits (B, L, V) (equals the MP model it came from)."""
         return self._mask_forward(label_B, x_ctx_BLCv, x_own_BLCv, masked, self.mask_path, self.mask_head_nm,
-                                  self.mask_head, backend)
+                                  self.mask_head, backend, fused, False)
 
     forward = forward_next_scale
 

@@ -234,6 +234,35 @@ def refinement_hook(model, quantizer, schedule, *, cfg: float, refine_guidance: 
     return hook
 
 
+# ---- compiled forward passes (opt-in) ----
+class CompiledInference:
+    """``model`` for the sampler with HMAR's per-scale passes (``next_scale_logits``, ``mask_logits``) compiled.
+
+        images = sample(CompiledInference(hmar), CompiledDecoding(vqvae), labels, dtype=torch.bfloat16, seed=0)
+
+    The passes are stateless (each sees one scale), so one dynamic-shape graph per path serves every scale and batch;
+    Inductor fuses the ≈ 40 eager kernels of a block's LayerNorms, modulations, q/k normalisation and GELU into a
+    few, and its kernels are captured in the loop's CUDA graph as the eager ones are. Compiled rounding differs
+    from eager: greedy tokens (top_k = 1) equal the reference loop's, sampled ones can differ where a draw sits on
+    a rounding boundary. VAR (KV cache) is passed through uncompiled: its cache lengths change every scale.
+    Every other attribute is the model's.
+    """
+
+    def __init__(self, model, compile_backend: str = "inductor"):
+        self.model = model
+        stateless = model.inference_state() is None
+        compile_pass = lambda fn: torch.compile(fn, backend=compile_backend, dynamic=True, fullgraph=True)  # noqa: E731
+        self._next_scale_logits = compile_pass(model.next_scale_logits) if stateless else model.next_scale_logits
+        if hasattr(model, "mask_logits"):
+            self.mask_logits = compile_pass(model.mask_logits)
+
+    def next_scale_logits(self, tokens_BlC, cond_BD, state=None):
+        return self._next_scale_logits(tokens_BlC, cond_BD, state)
+
+    def __getattr__(self, name):  # only called for names not set above: the model's
+        return getattr(self.__dict__["model"], name)
+
+
 # ---- CUDA graphs of the whole loop ----
 class GraphedLoop:
     """``loop(label_B, generator) → (f̂, token maps)`` captured once as one CUDA graph, then replayed.

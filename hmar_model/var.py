@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 
 from .blocks import (AdaLNBeforeHead, AdaLNSelfAttn, KVCache, MultiScaleAttention, ScaleEmbeddings, at_least_fp32,
-                     dense_attention, init_transformer_weights_, logits, official_adaln_gamma, run_blocks)
+                     dense_attention, head_cross_entropy, init_transformer_weights_, logits, official_adaln_gamma,
+                     run_blocks)
 from .quant import autocast_disabled
 from .schedules import PATCH_NUMS, validate_patch_nums
 
@@ -77,15 +78,26 @@ class VAR(ScaleEmbeddings):
         """Latent tokens (B, l, Cvae) → (B, l, C), without position/level embeddings."""
         return self.word_embed(at_least_fp32(x_BlCv))
 
-    def forward(self, label_B: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-        """Teacher forcing: logits (B, L, V) fp32 for every position. Label dropout and drop path in train()."""
+    def forward(self, label_B: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor, backend: str = "auto", *,
+                fused: bool = False, return_hidden: bool = False):
+        """Teacher forcing: logits (B, L, V) fp32 for every position. Label dropout and drop path in train().
+
+        ``fused``: the fused q/k normalisation kernels (the fast training step). ``return_hidden``: return
+        (x_BLC, cond_BD), the last block's output and the conditioning, instead of logits, for
+        ``head_cross_entropy`` (the fused head + loss)."""
         with autocast_disabled():  # the embedding stage stays fp32, as upstream VAR
             cond_BD = self.conditioning(label_B, self.cfg.cond_drop_rate if self.training else 0.0)
             lvl_pos = self.lvl_pos()
             x_BLC = torch.cat((self.start_tokens(cond_BD, lvl_pos),
                                self.word_tokens(x_BLCv_wo_first_l) + lvl_pos[:, self.first_l:]), dim=1)
-        x_BLC = run_blocks(self.blocks, x_BLC, cond_BD, MultiScaleAttention(self.patch_nums, self.pattern, backend))
-        return logits(self.head_nm, self.head, x_BLC, cond_BD)
+        x_BLC = run_blocks(self.blocks, x_BLC, cond_BD, MultiScaleAttention(self.patch_nums, self.pattern, backend),
+                           fused)
+        return (x_BLC, cond_BD) if return_hidden else logits(self.head_nm, self.head, x_BLC, cond_BD)
+
+    def head_cross_entropy(self, x_BLC, cond_BD, target_BL, chunk_rows: int | None = None) -> torch.Tensor:
+        """Per-token cross-entropy (B, L) of the head on ``forward(..., return_hidden=True)``'s output, fused
+        (``blocks.head_cross_entropy``): equals cross_entropy(forward(...), target, reduction="none")."""
+        return head_cross_entropy(self.head_nm, self.head, x_BLC, cond_BD, target_BL, chunk_rows)
 
     # ---- inference protocol used by sampling.generate ----
     def inference_state(self):

@@ -7,6 +7,7 @@ state_dict (Appendix A of the spec: 324 entries), so ``load_state_dict(strict=Tr
     load_checkpoint(vqvae, "vae_ch160v4096z32.pth")
     indices = vqvae.img_to_indices(img)        # [(B, p_k²)] for the 10 scales of 256 px
     rec = vqvae.indices_to_img(indices)        # (B, 3, 256, 256) in [−1, 1]
+    fast = CompiledDecoding(vqvae)             # the sampler's fast decoder: sample(model, fast, ...)
 """
 from __future__ import annotations
 
@@ -229,6 +230,34 @@ class VQVAE(nn.Module):
                                  last_only: bool = True):
         fhats = self.img_to_fhats(img_B3HW, patch_nums)
         return self.fhat_to_img(fhats[-1]) if last_only else [self.fhat_to_img(f) for f in fhats]
+
+
+class CompiledDecoding:
+    """A VQVAE for the sampler whose decoder runs compiled, under ``dtype`` autocast, in channels-last layout.
+
+    ``sample(model, CompiledDecoding(vqvae), ...)`` draws the same tokens as with ``vqvae`` (the quantiser is
+    shared) and decodes them ≈ 1.7× faster on an H200 at 256 px (measured there for the plain decoder: 102 ms fp32,
+    92 ms bf16 autocast, 59 ms bf16 compiled, 32 images). The images differ from the eager decoder's by the
+    rounding of ``dtype``; the eager ``vqvae.fhat_to_img`` stays the reference. One compilation per batch size.
+    """
+
+    def __init__(self, vqvae: VQVAE, dtype: torch.dtype = torch.bfloat16, compile_backend: str = "inductor"):
+        if dtype not in (torch.bfloat16, torch.float16, torch.float32):
+            raise TypeError(f"dtype must be torch.bfloat16, torch.float16 or torch.float32, got {dtype}")
+        self.vqvae, self.dtype = vqvae, dtype
+        self.quantize, self.cfg = vqvae.quantize, vqvae.cfg
+        self._compiled = torch.compile(self._decode, backend=compile_backend, fullgraph=True, dynamic=False)
+
+    def _decode(self, f_hat: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(f_hat.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            z = self.vqvae.post_quant_conv(f_hat.contiguous(memory_format=torch.channels_last))
+            return self.vqvae.decoder(z).clamp(-1, 1)
+
+    def fhat_to_img(self, f_hat: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """``VQVAE.fhat_to_img`` through the compiled decoder, (B, 3, R, R) in [−1, 1] in ``dtype``."""
+        if chunk is None or chunk >= f_hat.shape[0]:
+            return self._compiled(f_hat)
+        return torch.cat([self._compiled(part) for part in f_hat.split(chunk)])
 
 
 def build_vqvae(patch_nums: Sequence[int] = PATCH_NUMS[256], device=None, **overrides) -> VQVAE:

@@ -1,0 +1,89 @@
+"""The fast training step: one compiled graph for forward + loss (+ its backward), fused kernels, and the eager
+reference it must match.
+
+    step = TrainStep(model, optimizer)                       # compiled + fused on CUDA, eager reference elsewhere
+    loss = step(label_B, x_BLCv_wo_first_l, target_BL)       # VAR / HMAR next-scale
+    loss = step(label_B, x_ctx, x_own, masked, target_BL)    # HMAR masked prediction (MaskedPrediction)
+
+The loss is Σ_t ce[b, t]·w[t] averaged over the batch (the official trainers' form; ``loss_weights`` (L,),
+default uniform 1/L as VAR). What differs between the modes, never what is computed:
+
+* ``fused``: the q/k normalisation runs as one Triton kernel per pass and the head is fused with the
+  cross-entropy over row chunks (the (B, L, V) fp32 logits never exist);
+* ``compile``: ``torch.compile(fullgraph=True)`` of forward + loss, shapes static (one graph per schedule and
+  batch, no recompiles across steps); the backward is AOT autograd's compiled graph. The optimizer step stays
+  outside (the fused AdamW is one multi-tensor kernel already).
+"""
+from __future__ import annotations
+
+import torch
+
+from .blocks import at_least_fp32
+
+
+def uniform_loss_weights(length: int, device=None) -> torch.Tensor:
+    """VAR's per-token weights: 1/L everywhere, (L,)."""
+    return torch.full((length,), 1.0 / length, device=device)
+
+
+def weighted_cross_entropy(model, inputs: tuple, target_BL: torch.Tensor, weights_L: torch.Tensor, backend: str,
+                           fused: bool) -> torch.Tensor:
+    """mean_b Σ_t ce[b, t]·w[t]: fused (hidden state → chunked head + CE) or the reference (logits → CE)."""
+    if fused:
+        x_BLC, cond_BD = model(*inputs, backend=backend, fused=True, return_hidden=True)
+        ce_BL = model.head_cross_entropy(x_BLC, cond_BD, target_BL)
+    else:
+        logits_BLV = model(*inputs, backend=backend)
+        ce_BL = torch.nn.functional.cross_entropy(at_least_fp32(logits_BLV).flatten(0, 1), target_BL.flatten(),
+                                                  reduction="none").view(target_BL.shape)
+    return ce_BL.mul(weights_L).sum(dim=1).mean()
+
+
+class TrainStep:
+    """``step(*model_inputs, target_BL) -> loss`` (detached): autocast forward, weighted loss, backward, optimizer
+    step, gradients set to None.
+
+    Args:
+        model: VAR, NextScalePrediction or MaskedPrediction (anything whose forward takes ``backend``, ``fused``
+            and ``return_hidden`` and has ``head_cross_entropy``), in train() mode.
+        optimizer: stepped after every backward (None: the caller steps; gradients are then left in place).
+        dtype: autocast dtype (None: fp32).
+        compile, fused: None → on for CUDA models, off elsewhere (the eager, unfused reference).
+        backend: attention backend of ``hmar_kernels.attention``.
+        loss_weights: (L,) per-token weights; None → 1/L.
+    """
+
+    def __init__(self, model, optimizer=None, *, dtype: torch.dtype | None = torch.bfloat16,
+                 compile: bool | None = None, fused: bool | None = None, backend: str = "auto",
+                 loss_weights: torch.Tensor | None = None):
+        if not hasattr(model, "head_cross_entropy"):
+            raise TypeError(f"TrainStep trains VAR, NextScalePrediction or MaskedPrediction models, got "
+                            f"{type(model).__name__} (the composite HMAR is assembled from trained NSP and MP models: "
+                            "hmar_model.nsp_mp_to_hmar)")
+        device = model.lvl_1L.device
+        on_cuda = device.type == "cuda"
+        self.model, self.optimizer, self.backend = model, optimizer, backend
+        self.fused = on_cuda if fused is None else bool(fused)
+        self.compiled = on_cuda if compile is None else bool(compile)
+        if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
+            raise TypeError(f"dtype must be None, torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
+        self.device_type, self.dtype = device.type, dtype
+        self.autocast_on = dtype not in (None, torch.float32)
+        length = model.lvl_1L.shape[1]
+        self.weights_L = uniform_loss_weights(length, device) if loss_weights is None else loss_weights.to(device)
+        if self.weights_L.shape != (length,):
+            raise ValueError(f"loss_weights must be (L,) = ({length},), got {tuple(self.weights_L.shape)}")
+        self.loss = torch.compile(self._loss, fullgraph=True) if self.compiled else self._loss
+
+    def _loss(self, inputs, target_BL):
+        with torch.autocast(self.device_type, dtype=self.dtype or torch.float32, enabled=self.autocast_on):
+            return weighted_cross_entropy(self.model, inputs, target_BL, self.weights_L, self.backend, self.fused)
+
+    def __call__(self, *inputs_and_target) -> torch.Tensor:
+        *inputs, target_BL = inputs_and_target
+        loss = self.loss(tuple(inputs), target_BL)
+        loss.backward()
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
