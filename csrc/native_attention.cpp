@@ -104,7 +104,7 @@ CUstream current_stream(c10::Device device) {
 }
 
 void launch(hmar::TritonKernel const& kernel, hmar::TensorRef const* slots, c10::Device device, char const* name) {
-    std::string const error = hmar::launch(kernel, current_stream(device), slots);
+    std::string const error = hmar::launch(kernel, device.index(), current_stream(device), slots);
     TORCH_CHECK(error.empty(), "hmar_kernels: Triton ", name, " kernel launch: ", error);
 }
 

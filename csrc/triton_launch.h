@@ -68,7 +68,13 @@ struct TritonKernel {
 // "" when the driver's parameter list of kernel.function (count and sizes) matches kernel.params, else why not.
 std::string check_params(TritonKernel const& kernel);
 
-// Launches kernel on stream with tensors[slot] as the slot tensors. Returns "" or the CUDA error.
-std::string launch(TritonKernel const& kernel, CUstream stream, TensorRef const* tensors);
+// Makes the primary context of CUDA device `device` current on the calling thread, if another (or none) is. The
+// autograd engine runs a backward on its own device thread, which may have no current context (the CUDA runtime
+// binds one lazily on its first call; the driver's cuLaunchKernel needs one). Returns "" or the CUDA error.
+std::string make_context_current(int device);
+
+// Launches kernel on stream (of CUDA device `device`) with tensors[slot] as the slot tensors. Returns "" or the
+// CUDA error.
+std::string launch(TritonKernel const& kernel, int device, CUstream stream, TensorRef const* tensors);
 
 }  // namespace hmar

@@ -17,6 +17,7 @@ import torch
 
 from .buffers import current_stream, new_output, tma_ready
 from .options import current_options
+from .resident import resident
 from .schedule import LaunchTables, forward_tables
 
 JIT_ENV = "HMAR_CUDA_JIT"
@@ -99,7 +100,7 @@ def _scheduler_counter(device: torch.device, stream: int):
     if counter is None:
         if torch.cuda.is_current_stream_capturing():
             return None
-        counter = _counters[key] = torch.zeros(2, dtype=torch.int32, device=device)
+        counter = _counters[key] = resident(lambda: torch.zeros(2, dtype=torch.int32, device=device), device)
     return counter
 
 

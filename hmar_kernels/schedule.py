@@ -27,6 +27,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .resident import host_to_device, resident
+
 # Patterns travel as int32 bitmasks (one per scale) through the API and its caches.
 MAX_SCALES = 31
 
@@ -275,7 +277,8 @@ def tile_mask(patch_nums: tuple[int, ...], row_bits: tuple[int, ...], block_m: i
     ``tile_mask(patch_nums, transpose_bits(row_bits), block_n, block_m, device)``: its rows are keys."""
     host = _tile_lists(patch_nums, row_bits, block_m, block_n)
     # Empty lists still get one entry, so that every tensor has a valid data pointer.
-    dev = {name: torch.from_numpy(a if a.size else np.zeros(1, np.int32)).to(device) for name, a in host.items()}
+    dev = resident(lambda: {name: torch.from_numpy(a if a.size else np.zeros(1, np.int32)).to(device)
+                            for name, a in host.items()}, device)
     return TileMask(patch_nums=patch_nums, row_bits=row_bits, block_m=block_m, block_n=block_n, device=device,
                     length=int(sum(p * p for p in patch_nums)), host=host, **dev)
 
@@ -296,7 +299,7 @@ def forward_tables(patch_nums: tuple[int, ...], row_bits: tuple[int, ...], block
     """The tables a forward launch reads (both backends), cached: the TileMask's ``kernel_tensors()``, then the
     program table of ``launch_order`` over its row tiles."""
     mask = tile_mask(patch_nums, row_bits, block_m, block_n, device)
-    return LaunchTables((*mask.kernel_tensors(), torch.from_numpy(launch_order([mask.visits], batch_heads)).to(device)))
+    return LaunchTables((*mask.kernel_tensors(), host_to_device(launch_order([mask.visits], batch_heads), device)))
 
 
 def launch_order(works: Sequence[np.ndarray], batch_heads: int) -> np.ndarray:

@@ -25,7 +25,7 @@ class TinyAttention(torch.nn.Module):
         return out.transpose(1, 2).reshape(B, L, C)
 
 
-@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("backend", ["triton", "reference", "sdpa"])
 def test_compile_fullgraph_matches_eager(backend):
     torch.manual_seed(0)
     patch_nums = (1, 2, 3)

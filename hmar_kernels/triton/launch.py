@@ -8,6 +8,7 @@ import torch
 
 from ..buffers import new_output, tma_ready
 from ..options import current_options
+from ..resident import host_to_device
 from ..schedule import LaunchTables, forward_tables, launch_order, tile_mask, transpose_bits
 from . import tuning
 from .bwd import attn_bwd_kernel, bwd_preprocess_kernel
@@ -28,7 +29,7 @@ def _bwd_tables(patch_nums, row_bits, block_m, block_n, batch_heads, device) -> 
     keys = tile_mask(patch_nums, transpose_bits(row_bits), block_n, block_m, device)
     queries = tile_mask(patch_nums, row_bits, block_m, block_n, device)
     # Cost of a program ∝ inner iterations × matmuls per iteration (dK/dV: 4, dQ: 3).
-    programs = torch.from_numpy(launch_order([4 * keys.visits, 3 * queries.visits], batch_heads)).to(device)
+    programs = host_to_device(launch_order([4 * keys.visits, 3 * queries.visits], batch_heads), device)
     return LaunchTables((*keys.kernel_tensors(), *queries.kernel_tensors(), programs))
 
 
