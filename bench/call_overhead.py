@@ -17,7 +17,7 @@ import torch
 import hmar_kernels
 from hmar_kernels import benchmark as bm
 from hmar_kernels.api import _plan
-from hmar_kernels.triton import launch
+from hmar_kernels.backends.triton import launch
 from hmar_kernels.benchmark import SCHEDULES
 
 

@@ -29,7 +29,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 
 t=$(date +%s)
 timeout "$(stage_timeout 360)" python3 -c "
-import hmar_kernels.cuda as c
+import hmar_kernels.backends.cuda as c
 m = c.module()
 print('built', m.built(), 'tile64', m.fwd_tile(64, 0), 'tile128', m.fwd_tile(128, 0))" > "$OUT/build.log" 2>&1
 rc=$?

@@ -18,7 +18,8 @@ import torch
 
 import hmar_kernels
 from hmar_kernels import benchmark as bm
-from hmar_kernels import buffers, cuda, current_options, kernel_options
+from hmar_kernels import buffers, current_options, kernel_options
+from hmar_kernels.backends import cuda
 from hmar_kernels.options import CUDA_SCHEDULERS
 from hmar_kernels.reference import reference_attention
 from hmar_kernels.schedule import bits_to_matrix, forward_tables, named_pattern_bits, tile_mask

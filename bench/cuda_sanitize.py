@@ -8,7 +8,8 @@ import sys
 
 import torch
 
-from hmar_kernels import cuda, kernel_options
+from hmar_kernels import kernel_options
+from hmar_kernels.backends import cuda
 from hmar_kernels.reference import reference_attention
 from hmar_kernels.schedule import named_pattern_bits
 

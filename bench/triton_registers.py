@@ -13,9 +13,9 @@ import tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 
-from hmar_kernels.triton import tuning
-from hmar_kernels.triton.bwd import attn_bwd_kernel
-from hmar_kernels.triton.fwd import attn_fwd_kernel
+from hmar_kernels.backends.triton import tuning
+from hmar_kernels.backends.triton.bwd import attn_bwd_kernel
+from hmar_kernels.backends.triton.fwd import attn_fwd_kernel
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 

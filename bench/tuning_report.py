@@ -8,7 +8,7 @@ import torch
 
 import hmar_kernels
 from hmar_kernels.benchmark import SCHEDULES
-from hmar_kernels.triton import tuning
+from hmar_kernels.backends.triton import tuning
 
 
 def main():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hmar_kernels import cuda
+from hmar_kernels.backends import cuda
 
 ROOT = Path(__file__).resolve().parent.parent
 

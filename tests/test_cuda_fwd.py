@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import HAS_CUDA, REAL_SCHEDULES, check_close, pattern_of_kind, random_schedule
-from hmar_kernels import attention, cuda, kernel_options
+from hmar_kernels import attention, kernel_options
+from hmar_kernels.backends import cuda
 from hmar_kernels.api import _plan
 from hmar_kernels.options import CUDA_SCHEDULERS
 from hmar_kernels.schedule import named_pattern_bits

@@ -4,7 +4,7 @@ import torch
 
 from conftest import requires_cuda
 from hmar_kernels.schedule import LaunchTables
-from hmar_kernels.triton import launcher
+from hmar_kernels.backends.triton import launcher
 
 
 class FakeCompiled:

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from conftest import HAS_CUDA, REAL_SCHEDULES, check_close, pattern_bits, pattern_of_kind, random_schedule
-from hmar_kernels import attention, cuda, kernel_options, ops
+from hmar_kernels import attention, kernel_options, ops
+from hmar_kernels.backends import cuda
 from hmar_kernels.reference import reference_attention
 
 
@@ -170,7 +171,7 @@ def test_register_refuses_codes_that_do_not_match_the_kernel():
     """A parameter list that differs from the cubin's is refused at registration, never launched."""
     from hmar_kernels.api import _plan
     from hmar_kernels import native
-    from hmar_kernels.triton import launch
+    from hmar_kernels.backends.triton import launch
 
     pn = (1, 2, 3)
     q, k, v = (torch.randn(1, 1, 14, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))

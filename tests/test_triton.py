@@ -93,7 +93,7 @@ def test_unattended_scale_gets_zero_key_gradients():
 @pytest.mark.parametrize("seed", range(3))
 def test_asymmetric_tiles(tiles, seed):
     """block_m ≠ block_n: the dK/dV programs walk the transposed pattern's TileMask with the roles swapped."""
-    from hmar_kernels.triton.tuning import BwdConfig, FwdConfig
+    from hmar_kernels.backends.triton.tuning import BwdConfig, FwdConfig
 
     rng = np.random.default_rng(50 + seed)
     torch.manual_seed(seed)

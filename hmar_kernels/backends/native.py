@@ -20,9 +20,9 @@ import struct
 import torch
 
 from . import cuda
-from .api import _warn_once
-from .buffers import tma_ready
-from .options import current_options
+from ..buffers import tma_ready
+from ..notices import warn_once
+from ..options import current_options
 from .triton import launch
 from .triton.launcher import KernelCall, launch_hooks_set
 
@@ -145,7 +145,7 @@ def plan_id(backend: str, q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[
             plan = _build(backend, q, k, v, patch_nums, row_bits, softmax_scale)
         except (Unsupported, ValueError) as error:
             plan = None
-            _warn_once(f"backend {backend!r}: kernels launched from Python, because {error}; the backward then "
+            warn_once(f"backend {backend!r}: kernels launched from Python, because {error}; the backward then "
                        "runs Python in the autograd engine's thread (~200 µs more host time per fwd+bwd at 256 px)")
         _plans[key] = plan
     if plan is not None and launch_hooks_set():

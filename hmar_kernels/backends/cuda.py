@@ -11,14 +11,15 @@ no Python loop over scales.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 
 import torch
 
-from .buffers import current_stream, new_output, tma_ready
-from .options import current_options
-from .resident import resident
-from .schedule import LaunchTables, forward_tables
+from ..buffers import current_stream, new_output, tma_ready
+from ..options import current_options
+from ..resident import resident
+from ..schedule import LaunchTables, forward_tables
 
 JIT_ENV = "HMAR_CUDA_JIT"
 KERNEL_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -28,13 +29,12 @@ KERNEL_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 def _extension():
     """(module, None) when the extension is available, else (None, why not)."""
     try:
-        from . import _C  # built by setup.py when torch has CUDA and nvcc is found
-        return _C, None
+        return importlib.import_module("hmar_kernels._C"), None  # built by setup.py with a CUDA torch and nvcc
     except ImportError as error:
         not_built = error
     if os.environ.get(JIT_ENV, "0") == "1":
         try:
-            from . import _build
+            from .. import _build
             return _build.load_jit(verbose=os.environ.get("HMAR_CUDA_JIT_VERBOSE", "0") == "1"), None
         except Exception as error:  # a failed compile must not break the other backends: report it instead
             return None, f"the JIT build of the CUDA extension failed ({type(error).__name__}: {error})"

@@ -6,10 +6,10 @@ import math
 
 import torch
 
-from ..buffers import new_output, tma_ready
-from ..options import current_options
-from ..resident import host_to_device
-from ..schedule import LaunchTables, forward_tables, launch_order, tile_mask, transpose_bits
+from ...buffers import new_output, tma_ready
+from ...options import current_options
+from ...resident import host_to_device
+from ...schedule import LaunchTables, forward_tables, launch_order, tile_mask, transpose_bits
 from . import tuning
 from .bwd import attn_bwd_kernel, bwd_preprocess_kernel
 from .fwd import attn_fwd_kernel
