@@ -44,14 +44,15 @@ setup(
     name="hmar-kernels",
     version="0.1.0",
     description="Block-sparse attention kernels and a faithful HMAR/VAR model stack for multi-scale generation",
-    packages=find_packages(include=["hmar_kernels", "hmar_kernels.*", "hmar_model", "hmar_model.*"]),
+    packages=[*find_packages(include=["hmar_kernels", "hmar_kernels.*", "hmar_model", "hmar_model.*"]), "hmar_bench"],
+    package_dir={"hmar_bench": "bench/hmar_bench"},  # the benchmarks' package, beside the pytest-benchmark suites
     python_requires=">=3.10",
     install_requires=["torch>=2.9", "triton>=3.4", "numpy"],
     extras_require={"bench": ["pandas", "matplotlib", "pytest-benchmark"], "test": ["pytest"]},
-    entry_points={"console_scripts": ["hmar-bench=hmar_model.cli.bench:main",
+    entry_points={"console_scripts": ["hmar-bench=hmar_bench.cli:main",
                                      "hmar-sample=hmar_model.cli.sample:main",
                                      "hmar-edit=hmar_model.cli.edit:main",
-                                     "hmar-plot=hmar_model.cli.plot:main"]},
+                                     "hmar-plot=hmar_bench.plot:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -15,10 +15,10 @@ import time
 import torch
 
 import hmar_kernels
-from hmar_kernels import benchmark as bm
+from hmar_bench import harness as bm
 from hmar_kernels.api import _plan
 from hmar_kernels.backends.triton import launch
-from hmar_kernels.benchmark import SCHEDULES
+from hmar_bench.harness import SCHEDULES
 
 
 def host_us(call, n=200):

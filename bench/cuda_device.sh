@@ -77,7 +77,7 @@ for stage in "$@"; do
         done
         ;;
     hmarbench)  # the project's harness (fwd, fwd+bwd, peak memory, error) for backend cuda
-        timeout "$(stage_timeout 150)" python3 -m hmar_model.cli.bench --backends cuda --dtypes bf16 \
+        timeout "$(stage_timeout 150)" python3 -m hmar_bench.cli --backends cuda --dtypes bf16 \
             --head-dims 64 --no-plots --results "$OUT/hb" >> "$OUT/bench.log" 2>&1
         log "hmar-bench rc=$? in $(( $(date +%s) - t )) s"
         ;;

@@ -3,7 +3,7 @@ triton and the anchors on the real schedules; one CSV row per measurement.
 
     python bench/cuda_fwd.py --out results.csv [--anchors sdpa varlen flex] [--quick]
 
-Times with hmar_kernels.benchmark.time_cuda (CUDA events, synchronise before each repetition, median; inputs
+Times with hmar_bench.harness.time_cuda (CUDA events, synchronise before each repetition, median; inputs
 rotated so they do not sit in L2), the same harness as hmar-bench, plus a kernel-only number: 20 calls
 back-to-back between two events (no host gaps), divided by 20. Useful TFLOP/s = 4·B·H·D·(allowed pairs) / time.
 """
@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 
 import hmar_kernels
-from hmar_kernels import benchmark as bm
+from hmar_bench import harness as bm
 from hmar_kernels import buffers, current_options, kernel_options
 from hmar_kernels.backends import cuda
 from hmar_kernels.options import CUDA_SCHEDULERS
 from hmar_kernels.reference import reference_attention
 from hmar_kernels.schedule import bits_to_matrix, forward_tables, named_pattern_bits, tile_mask
-from hmar_model.cli.bench import git_commit
+from hmar_bench.cli import git_commit
 
 BATCH_HEADS = {256: (16, 16), 512: (4, 16), 1024: (4, 16)}  # as the anchor table (1024: the target's B=4, H=16)
 COLUMNS = ("device", "torch", "triton", "date", "commit", "px", "L", "B", "H", "D", "dtype", "pattern", "backend",

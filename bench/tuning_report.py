@@ -7,7 +7,7 @@ import argparse
 import torch
 
 import hmar_kernels
-from hmar_kernels.benchmark import SCHEDULES
+from hmar_bench.harness import SCHEDULES
 from hmar_kernels.backends.triton import tuning
 
 

@@ -198,8 +198,8 @@ def _triton_problem(device, dtype, head_dim) -> str | None:
         if os.environ.get("TRITON_INTERPRET", "0") != "1":
             return f"backend 'triton' needs CUDA tensors (q is on {device}; set TRITON_INTERPRET=1 to run on CPU)"
         if dtype == torch.bfloat16:  # its tl.dot goes through numpy, which has no bf16: inf/NaN, silently
-            return ("backend 'triton' cannot run bf16 under the CPU interpreter (TRITON_INTERPRET=1): it computes "
-                    "it wrongly; use fp16 or fp32 on the CPU, or a GPU")
+            return ("the Triton interpreter's tl.dot is wrong for bf16 operands (inf/NaN), so backend 'triton' "
+                    "refuses bf16 under TRITON_INTERPRET=1; use fp16 or fp32 on the CPU, or a GPU")
     if dtype not in KERNEL_DTYPES:
         return f"backend 'triton' supports dtypes bf16, fp16, fp32, got {dtype}"
     if head_dim not in TRITON_HEAD_DIMS:

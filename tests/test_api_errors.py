@@ -182,7 +182,7 @@ def test_meta_tensors_are_a_value_error(backend):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU interpreter's refusal (with a GPU, bf16 runs there)")
 def test_bf16_under_the_cpu_interpreter_is_refused():
     q, k, v = qkv(dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="bf16 under the CPU interpreter"):
+    with pytest.raises(ValueError, match="refuses bf16 under TRITON_INTERPRET=1"):
         attention(q, k, v, PN, backend="triton")
 
 

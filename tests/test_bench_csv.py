@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from hmar_kernels import benchmark as bm
-from hmar_model.cli import bench
+from hmar_bench import harness as bm
+from hmar_bench import cli as bench
 
 
 def _row(backend="triton", fwd_ms=1.0, **changes):

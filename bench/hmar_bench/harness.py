@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .schedule import PATCH_NUMS, allowed_pairs
+from hmar_kernels.schedule import PATCH_NUMS, allowed_pairs
 
 FWD_BWD_FACTOR = 3.5  # backward = 2.5 × forward (5 matmuls instead of 2): fwd+bwd = 3.5 × forward
 
@@ -170,7 +170,7 @@ class AttentionCase:
         s = len(self.patch_nums)
         if self.pattern == DENSE_PATTERN:
             return ((1 << s) - 1,) * s
-        from .schedule import named_pattern_bits
+        from hmar_kernels.schedule import named_pattern_bits
 
         return named_pattern_bits(self.pattern, s)
 
@@ -193,7 +193,7 @@ class AttentionCase:
                 return f"{DENSE_BACKEND} (SDPA FlashAttention) needs CUDA bf16/fp16 tensors, got {self.dtype} on " \
                        f"{device.type}"
             return None
-        from .api import _plan
+        from hmar_kernels.api import _plan
 
         try:
             _plan(self.patch_nums, self.pattern, None, self.backend, device, self.torch_dtype, self.shape)
@@ -205,7 +205,7 @@ class AttentionCase:
         """``attend(q, k, v) -> out`` running this case's backend."""
         if self.backend == DENSE_BACKEND:
             return _dense_flash_attention
-        from .api import attention
+        from hmar_kernels.api import attention
 
         patch_nums, pattern, backend = self.patch_nums, self.pattern, self.backend
 
@@ -251,7 +251,7 @@ def reference_outputs(case: AttentionCase, inputs: tuple, dtype: torch.dtype = t
     Batch element 0 alone keeps the reference's L×L-sized intermediates small at 1024 px (the result is exact
     per batch element, so nothing is lost); kernels are then compared on that element of their full results.
     """
-    from .reference import reference_attention
+    from hmar_kernels.reference import reference_attention
 
     batch = slice(None) if whole_batch else slice(0, 1)
     q, k, v, dout = (t[batch].detach().to(dtype) for t in inputs)
