@@ -1,6 +1,6 @@
 """Compile the Triton attention kernels for sm_90 on any machine (no GPU needed) and report registers, spills
 (stack bytes) and whether the SASS uses TMA (UTMALDG) and wgmma (HGMMA). The numbers in
-hmar_kernels/triton/tuning.py come from here.
+hmar_kernels/backends/triton/tuning.py come from here.
 
     python bench/triton_registers.py [--head-dims 64 128] [--dtype bf16]
 """

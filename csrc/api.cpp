@@ -1,6 +1,6 @@
 // Python binding of the CUDA kernels. It checks the tensors (messages name them), fills the plain FwdParams and
 // calls the dispatcher (fwd_dispatch.cpp). The custom op, fake tensors and the Python autograd path are registered
-// in Python (hmar_kernels/ops.py); hmar_kernels/cuda.py calls fwd() below, and so does the C++ autograd path
+// in Python (hmar_kernels/ops.py); hmar_kernels/backends/cuda.py calls fwd() below, and so does the C++ autograd path
 // (native_attention.cpp).
 //
 // Only CPU-side torch headers are used (no c10/cuda): the caller passes its current CUDA stream as an integer,

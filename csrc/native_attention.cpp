@@ -1,7 +1,7 @@
 // The kernel backends' forward + backward as one C++ autograd Function: the kernels Triton compiled, launched from
 // C++ (triton_launch.h), and for backend "cuda" the sm90 forward of api.cpp, so that no Python runs in the
 // autograd engine's device thread. Python builds a plan per (backend, schedule, pattern, shape, dtype, device,
-// options) once (hmar_kernels/native.py) and registers it here; a call then costs a few tensor allocations,
+// options) once (hmar_kernels/backends/native.py) and registers it here; a call then costs a few tensor allocations,
 // tensor-map encodings and launches.
 //
 // CPU-side torch headers only (CI syntax-checks this file against a CPU torch): the current stream comes from
@@ -109,7 +109,7 @@ void launch(hmar::TritonKernel const& kernel, hmar::TensorRef const* slots, c10:
 }
 
 // The dynamic scheduler's counter for stream, or none while a capture is under way and none exists yet (the
-// capture then strides statically rather than allocating inside the graph), as hmar_kernels/cuda.py does.
+// capture then strides statically rather than allocating inside the graph), as hmar_kernels/backends/cuda.py does.
 std::optional<at::Tensor> scheduler_counter(CudaForward& f, CUstream stream, c10::Device device) {
     if (!f.dynamic) { return std::nullopt; }
     std::lock_guard<std::mutex> lock(plans_mutex);

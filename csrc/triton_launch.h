@@ -3,7 +3,7 @@
 // A Triton kernel's parameters, once compiled, are plain: pointers, 32/64-bit ints, fp32, and for each host-side
 // tensor descriptor a 128-byte CUtensorMap followed by the tensor's shape (int32 each) and strides (int64 each);
 // constexpr and specialised (== 1) arguments are gone; two scratch pointers close the list. Python reads that
-// list from the compiled kernel (hmar_kernels/native.py) and describes each parameter with a ParamCode:
+// list from the compiled kernel (hmar_kernels/backends/native.py) and describes each parameter with a ParamCode:
 // where its value comes from at launch time (a tensor slot, or a constant fixed when the plan was built).
 // check_params compares the codes with the parameter sizes the driver reports for the cubin, so that a Triton
 // whose ABI differs is refused at registration, never launched with a wrong parameter block.
@@ -17,7 +17,7 @@
 
 namespace hmar {
 
-// Tensors a launch can read, by slot; hmar_kernels/native.py's SLOTS lists the same names in this order.
+// Tensors a launch can read, by slot; hmar_kernels/backends/native.py's SLOTS lists the same names in this order.
 enum Slot : int { kQ, kK, kV, kOut, kLse, kDout, kDelta, kDq, kDk, kDv, kNumSlots };
 
 constexpr int kMaxRank = 4;

@@ -1,4 +1,4 @@
-"""The kernel backends under the C++ autograd Function (hmar_kernels/native.py, csrc/native_attention.cpp): the
+"""The kernel backends under the C++ autograd Function (hmar_kernels/backends/native.py, csrc/native_attention.cpp): the
 path eager ``attention(..., backend="triton" or "cuda")`` takes on CUDA when the extension is built.
 
 Each case checks the output and all three gradients against the float64 reference (check_close's rule), with

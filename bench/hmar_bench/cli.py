@@ -7,7 +7,7 @@
 
 Every row is timed by hmar_bench.harness twice: fwd_ms / fwdbwd_ms from an idle GPU (CUDA events, median
 after warm-up, rotated inputs, host overhead included), and *_steady_* back to back as triton.testing.do_bench
-(the methodology of the anchors in kernel_targets.md; host overhead hidden behind the previous call's GPU work).
+(the methodology of the anchors in docs/benchmarks.md; host overhead hidden behind the previous call's GPU work).
 max_rel_err is the largest relative error of out, dq, dk, dv against the fp32 reference. The
 "dense_fa" rows (pattern "dense") are SDPA FlashAttention with no mask, TFLOP/s over all L² pairs: the measured
 dense rate that the plots draw as the reference line. Backends that cannot run a case are skipped with one line

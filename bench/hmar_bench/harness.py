@@ -67,7 +67,7 @@ def time_cuda(call: Callable[[int], object], warmup: int = 3, reps: int = 20, wa
 
 def time_interleaved(calls: dict, rounds: int = 5, reps: int = 2) -> dict:
     """Median ms of each ``calls[name](i)``, timed by ``time_cuda`` in alternating rounds (all names once per
-    round), so that drift in host speed, which moves host-bound calls by ±20% within one loan of the device
+    round), so that drift in host speed, which moves host-bound calls by ±20% within minutes on one
     machine, hits every entry alike instead of whichever ran last."""
     times = {name: [] for name in calls}
     for _ in range(rounds):
@@ -78,7 +78,7 @@ def time_interleaved(calls: dict, rounds: int = 5, reps: int = 2) -> dict:
 
 def time_steady(call: Callable[[int], object], warmup_ms: float = 25.0, rep_ms: float = 100.0) -> float:
     """Median ms of ``call(i)`` timed as ``triton.testing.do_bench`` times (the methodology of the anchors in
-    kernel_targets.md): calls back to back with an L2 flush between them, so a call's host overhead overlaps the
+    docs/benchmarks.md): calls back to back with an L2 flush between them, so a call's host overhead overlaps the
     previous call's GPU work; what a training loop that keeps the GPU busy sees."""
     from triton.testing import do_bench
 
@@ -129,7 +129,7 @@ def fwd_call(attend: Callable, inputs: Sequence[tuple]) -> Callable[[int], objec
 SCHEDULES = PATCH_NUMS
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 PATTERNS = ("block_diagonal", "block_causal")
-# The measured dense FlashAttention rate (kernel_targets.md): SDPA's FlashAttention kernel, no mask, all L² pairs
+# The measured dense FlashAttention rate (docs/benchmarks.md): SDPA's FlashAttention kernel, no mask, all L² pairs
 # counted as useful. Its rows carry this backend and pattern so that they never mix with the masked backends.
 DENSE_BACKEND = "dense_fa"
 DENSE_PATTERN = "dense"

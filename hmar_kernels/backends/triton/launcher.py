@@ -1,7 +1,7 @@
 """A thin launch path for Triton kernels: the compiled kernel is looked up once per specialisation, not per call.
 
 ``kernel[grid](*args)`` binds and specialises every argument on every call, then the C launcher calls
-``data_ptr()`` and ``cuPointerGetAttribute`` for every tensor. Measured on the device machine's CPU
+``data_ptr()`` and ``cuPointerGetAttribute`` for every tensor. Measured on an H100 host's CPU
 (bench/call_overhead.py, 256 px): 49 µs per forward launch against 20 µs for the compiled kernel's own ``run``.
 At 256 px that is more than the kernels take.
 
