@@ -18,7 +18,7 @@ import hmar_kernels
 from hmar_bench import harness as bm
 from hmar_kernels.api import _plan
 from hmar_kernels.backends import cuda
-from hmar_kernels.backends.triton import launch
+from hmar_kernels.backends.triton import host as launch
 from hmar_bench.harness import SCHEDULES
 
 

@@ -22,7 +22,7 @@ from hmar_kernels import buffers, current_options, kernel_options
 from hmar_kernels.backends import cuda
 from hmar_kernels.options import CUDA_SCHEDULERS
 from hmar_kernels.reference import reference_attention
-from hmar_kernels.schedule import bits_to_matrix, forward_tables, named_pattern_bits, tile_mask
+from hmar_kernels.tiles import bits_to_matrix, forward_tables, named_pattern_bits, tile_mask
 from hmar_bench.cli import git_commit
 
 BATCH_HEADS = {256: (16, 16), 512: (4, 16), 1024: (4, 16)}  # as the anchor table (1024: the target's B=4, H=16)

@@ -82,7 +82,7 @@ struct DeviceScope {
 }  // namespace
 
 // q, k, v, out: (B, H, L, D) bf16/fp16; lse: (B, H, L) fp32 contiguous. The metadata tensors (row_lo ... col_end)
-// come from hmar_kernels.schedule.tile_mask(..., *fwd_tile(D, config)), programs from launch_order. num_ctas: grid
+// come from hmar_kernels.tiles.tile_mask(..., *fwd_tile(D, config)), programs from launch_order. num_ctas: grid
 // size (0: one per SM). counter: 2 zeroed int32 for dynamic scheduling, owned by the caller per stream (the kernel
 // leaves them zero), or None for static striding. stream: torch's current stream (cudaStream_t as an integer).
 void fwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor& out, at::Tensor& lse,

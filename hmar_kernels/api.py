@@ -20,7 +20,7 @@ from .backends.anchors import ANCHORS
 from .notices import warn_once
 from .options import KernelOptions, using_options
 from .reference import reference_attention
-from .schedule import MAX_SCALES, NAMED_PATTERNS, named_pattern_bits, pattern_name
+from .tiles import MAX_SCALES, NAMED_PATTERNS, named_pattern_bits, pattern_name
 
 BACKENDS = ("auto", "cuda", "triton", "reference", "sdpa", "flex", "varlen")
 KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)

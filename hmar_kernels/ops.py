@@ -23,7 +23,7 @@ import torch
 
 from .options import current_options, using_options
 
-_BACKEND_MODULES = {"triton": "hmar_kernels.backends.triton.launch", "cuda": "hmar_kernels.backends.cuda"}
+_BACKEND_MODULES = {"triton": "hmar_kernels.backends.triton.host", "cuda": "hmar_kernels.backends.cuda"}
 
 
 @functools.lru_cache(maxsize=None)

@@ -59,7 +59,7 @@ def pattern_bits(matrix) -> tuple[int, ...]:
 
 def pattern_of_kind(rng: np.random.Generator, kind: int, num_scales: int) -> tuple[int, ...]:
     """Row bitmasks of the three pattern kinds in turn: 0 block_diagonal, 1 block_causal, 2 a random matrix."""
-    from hmar_kernels.schedule import named_pattern_bits
+    from hmar_kernels.tiles import named_pattern_bits
 
     if kind % 3 < 2:
         return named_pattern_bits(("block_diagonal", "block_causal")[kind % 3], num_scales)

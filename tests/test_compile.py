@@ -5,7 +5,7 @@ import torch
 import hmar_kernels
 from conftest import HAS_CUDA
 from hmar_kernels import ops
-from hmar_kernels.schedule import named_pattern_bits
+from hmar_kernels.tiles import named_pattern_bits
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 

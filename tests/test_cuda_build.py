@@ -61,7 +61,7 @@ def test_problem_says_how_to_build():
 def test_mask_tensors_follow_the_binding_order():
     """The backends pass the TileMask tensors in the order of ext.fwd's arguments (csrc/api.cpp), and they are the
     contiguous int32 tensors the binding checks."""
-    from hmar_kernels.schedule import TileMask, named_pattern_bits, tile_mask
+    from hmar_kernels.tiles import TileMask, named_pattern_bits, tile_mask
 
     binding = (ROOT / "csrc" / "api.cpp").read_text()
     names = re.findall(r'py::arg\("(\w+)"\)', binding[binding.index('m.def("fwd"'):])

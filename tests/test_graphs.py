@@ -10,6 +10,8 @@
   graphs' memory pool.
 * Capturing a call whose tables were never built fails with a clear message instead of corrupting the capture.
 """
+import importlib.util
+
 import pytest
 import torch
 
@@ -17,7 +19,7 @@ from conftest import HAS_CUDA, REAL_SCHEDULES, check_close
 from hmar_kernels import attention
 from hmar_kernels.backends import cuda
 from hmar_kernels.reference import reference_attention
-from hmar_kernels.schedule import named_pattern_bits
+from hmar_kernels.tiles import named_pattern_bits
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (none found)")]
 
@@ -40,11 +42,8 @@ def _skip_unless_runs(backend):
         why = cuda.problem(torch.device("cuda", 0), torch.bfloat16, SHAPE[-1])
         if why:
             pytest.skip(why)
-    if backend == "varlen":
-        try:
-            import torch.nn.attention.varlen  # noqa: F401
-        except ImportError:
-            pytest.skip("this torch has no torch.nn.attention.varlen")
+    if backend == "varlen" and importlib.util.find_spec("torch.nn.attention.varlen") is None:
+        pytest.skip("this torch has no torch.nn.attention.varlen")
 
 
 def _fresh(seed):

@@ -106,7 +106,7 @@ def test_random_schedules_cuda(seed):
 @pytest.mark.parametrize("px", [256, 1024])
 @pytest.mark.parametrize("pattern", ["block_diagonal", "block_causal"])
 def test_real_schedules(backend, px, pattern):
-    from hmar_kernels.schedule import named_pattern_bits
+    from hmar_kernels.tiles import named_pattern_bits
 
     torch.manual_seed(px)
     pn = REAL_SCHEDULES[px]
@@ -139,7 +139,7 @@ def test_forward_without_grad_matches(backend, mode):
     context = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
     with context, kernel_options(poison_outputs=True):
         out = attention(q, k, v, pn, "block_causal", backend=backend)
-    from hmar_kernels.schedule import named_pattern_bits
+    from hmar_kernels.tiles import named_pattern_bits
 
     golden, _ = reference_attention(q.double(), k.double(), v.double(), pn, named_pattern_bits("block_causal", 10),
                                     64 ** -0.5)
@@ -157,7 +157,7 @@ def test_gradient_only_for_inputs_that_require_it():
     out = attention(leaf, k, v, pn, "block_causal", backend="triton")
     out.backward(dout)
     assert k.grad is None and v.grad is None
-    from hmar_kernels.schedule import named_pattern_bits
+    from hmar_kernels.tiles import named_pattern_bits
 
     bits = named_pattern_bits("block_causal", 4)
     golden_q = q.double().requires_grad_()
@@ -171,7 +171,7 @@ def test_register_refuses_codes_that_do_not_match_the_kernel():
     """A parameter list that differs from the cubin's is refused at registration, never launched."""
     from hmar_kernels.api import _plan
     from hmar_kernels import native
-    from hmar_kernels.backends.triton import launch
+    from hmar_kernels.backends.triton import host as launch
 
     pn = (1, 2, 3)
     q, k, v = (torch.randn(1, 1, 14, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))

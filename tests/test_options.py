@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from hmar_kernels import KernelOptions, attention, current_options, kernel_options
-from hmar_kernels.backends.triton import launch
+from hmar_kernels.backends.triton import host as launch
 
 ROOT = Path(__file__).resolve().parent.parent
 

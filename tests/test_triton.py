@@ -10,7 +10,7 @@ import torch
 from conftest import HAS_CUDA, check_close, pattern_bits, pattern_of_kind, random_schedule
 from hmar_kernels import kernel_options, ops
 from hmar_kernels.reference import reference_attention
-from hmar_kernels.schedule import named_pattern_bits
+from hmar_kernels.tiles import named_pattern_bits
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 DTYPES = [torch.float16, torch.float32] + ([torch.bfloat16] if HAS_CUDA else [])

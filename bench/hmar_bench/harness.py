@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from hmar_kernels import tolerance
-from hmar_kernels.schedule import PATCH_NUMS, allowed_pairs
+from hmar_kernels.tiles import PATCH_NUMS, allowed_pairs
 
 FWD_BWD_FACTOR = 3.5  # backward = 2.5 × forward (5 matmuls instead of 2): fwd+bwd = 3.5 × forward
 
@@ -171,7 +171,7 @@ class AttentionCase:
         s = len(self.patch_nums)
         if self.pattern == DENSE_PATTERN:
             return ((1 << s) - 1,) * s
-        from hmar_kernels.schedule import named_pattern_bits
+        from hmar_kernels.tiles import named_pattern_bits
 
         return named_pattern_bits(self.pattern, s)
 

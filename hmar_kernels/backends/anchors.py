@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..resident import host_to_device, resident
-from ..schedule import dense_mask, scale_bounds
+from ..tiles import dense_mask, scale_bounds
 
 FLEX_RECOMPILE_LIMIT = 256  # many shapes in one process: dynamo's default (8) silently falls back to eager
 

@@ -19,7 +19,7 @@ import torch
 from ..buffers import current_stream, new_output, tma_ready
 from ..options import current_options
 from ..resident import resident
-from ..schedule import LaunchTables, forward_tables
+from ..tiles import LaunchTables, forward_tables
 
 JIT_ENV = "HMAR_CUDA_JIT"
 KERNEL_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -132,6 +132,6 @@ def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], sof
 def backward(dout, q, k, v, out, lse, patch_nums: tuple[int, ...], row_bits: tuple[int, ...],
              softmax_scale: float):
     """(dq, dk, dv): the Triton backward with this forward's LSE (same units), until the CUDA backward lands."""
-    from .triton import launch
+    from .triton import host as launch
 
     return launch.backward(dout, q, k, v, out, lse, patch_nums, row_bits, softmax_scale)

@@ -23,8 +23,8 @@ from . import cuda
 from ..buffers import tma_ready
 from ..notices import warn_once
 from ..options import current_options
-from .triton import launch
-from .triton.launcher import KernelCall, launch_hooks_set
+from .triton import host as launch
+from .triton.cached_launch import KernelCall, launch_hooks_set
 
 # The tensors a plan's kernels read, in csrc/triton_launch.h's Slot order.
 SLOTS = ("q", "k", "v", "out", "lse", "dout", "delta", "dq", "dk", "dv")

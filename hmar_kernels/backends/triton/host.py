@@ -9,11 +9,11 @@ import torch
 from ...buffers import new_output, tma_ready
 from ...options import current_options
 from ...resident import host_to_device
-from ...schedule import LaunchTables, forward_tables, launch_order, tile_mask, transpose_bits
+from ...tiles import LaunchTables, forward_tables, launch_order, tile_mask, transpose_bits
 from . import tuning
 from .bwd import attn_bwd_kernel, bwd_preprocess_kernel
 from .fwd import attn_fwd_kernel
-from .launcher import CachedLaunch, KernelCall, descriptor
+from .cached_launch import CachedLaunch, KernelCall, descriptor
 
 PREPROCESS_BLOCK = 128
 LOG2E = math.log2(math.e)  # host copy of fwd.LOG2E, to fold into qk_scale

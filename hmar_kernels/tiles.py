@@ -1,4 +1,10 @@
-"""Multi-scale schedules, scale-level patterns and tile metadata: the mask as data.
+"""Tile metadata, with the schedules and scale-level patterns it is built from: the mask as data.
+
+Words, as the kernel layer uses them: a *schedule* is ``patch_nums``; a *pattern* is the scale-level S×S
+boolean matrix (or its row bitmasks ``row_bits``); a ``TileMask`` is the per-tile lists the kernels walk; the
+*dense mask* is the (L, L) boolean matrix the sdpa anchor and the tests use; inside a kernel, *visible* columns are
+those a partial tile lets through. (The models' "refinement schedule" and "edit mask" are other things:
+hmar_model.)
 
 A schedule is the tuple ``patch_nums = (p_0, ..., p_{S-1})``: scale i holds n_i = p_i² tokens at positions
 [start_i, start_i + n_i) of a sequence of L = Σ n_i tokens (row-major inside a scale).

@@ -20,7 +20,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ...buffers import current_stream
 from ...notices import warn_once
-from ...schedule import LaunchTables
+from ...tiles import LaunchTables
 
 _COMPILED_API = ("run", "function", "packed_metadata")
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import REAL_SCHEDULES, pattern_bits, pattern_of_kind, random_schedule
-from hmar_kernels.schedule import (allowed_pairs, bits_to_matrix, dense_mask, launch_order, named_pattern_bits,
+from hmar_kernels.tiles import (allowed_pairs, bits_to_matrix, dense_mask, launch_order, named_pattern_bits,
                                    tile_mask, transpose_bits)
 
 CPU = torch.device("cpu")
