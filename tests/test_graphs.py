@@ -85,7 +85,7 @@ def _reference(bits, inputs, dout):
 def launch_path(request, monkeypatch):
     """Our kernels through the C++ autograd Function where the extension has it, or launched from Python."""
     if request.param == "python":
-        from hmar_kernels import native
+        from hmar_kernels.backends import native
 
         monkeypatch.setattr(native, "plan_id", lambda *args, **kwargs: None)
     return request.param

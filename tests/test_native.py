@@ -20,7 +20,7 @@ from hmar_kernels.reference import reference_attention
 def _problem():
     if not HAS_CUDA:
         return "needs a CUDA device (none found)"
-    from hmar_kernels import native
+    from hmar_kernels.backends import native
 
     return native._extension()[1]
 
@@ -170,7 +170,7 @@ def test_gradient_only_for_inputs_that_require_it():
 def test_register_refuses_codes_that_do_not_match_the_kernel():
     """A parameter list that differs from the cubin's is refused at registration, never launched."""
     from hmar_kernels.api import _plan
-    from hmar_kernels import native
+    from hmar_kernels.backends import native
     from hmar_kernels.backends.triton import host as launch
 
     pn = (1, 2, 3)
@@ -193,7 +193,7 @@ def test_register_refuses_codes_that_do_not_match_the_kernel():
 
 def test_launch_hooks_route_calls_through_triton(monkeypatch):
     """With a profiler's launch hooks installed, calls go through Triton's launcher (which calls the hooks)."""
-    from hmar_kernels import native
+    from hmar_kernels.backends import native
 
     q, k, v = (torch.randn(1, 2, 14, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     assert "NativeAttention" in attention(q, k, v, (1, 2, 3), backend="triton").grad_fn.name()
