@@ -22,7 +22,7 @@ from hmar_kernels import buffers, current_options, kernel_options
 from hmar_kernels.backends import cuda
 from hmar_kernels.options import CUDA_SCHEDULERS
 from hmar_kernels.reference import reference_attention
-from hmar_kernels.tiles import bits_to_matrix, forward_tables, named_pattern_bits, tile_mask
+from hmar_kernels.tiles import bits_to_matrix, named_pattern_bits, tile_mask
 from hmar_bench.cli import git_commit
 
 BATCH_HEADS = {256: (16, 16), 512: (4, 16), 1024: (4, 16)}  # as the anchor table (1024: the target's B=4, H=16)
@@ -98,14 +98,13 @@ def host_overhead(rows_out):
     row_bits = named_pattern_bits("block_causal", len(pn))
     q, k, v = (torch.randn(1, 1, 680, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     ext = cuda.module()
-    block_m, block_n = cuda.fwd_tile(64, 0)
-    tables = forward_tables(pn, row_bits, block_m, block_n, 1, q.device)
+    with kernel_options(cuda_fwd_config=0, cuda_scheduler="dynamic"):
+        args = cuda.launch_setup(pn, row_bits, q.shape, q.device, 0.125)
     out, lse = torch.empty_like(q), torch.empty(1, 1, 680, device="cuda")
     stream = buffers.current_stream(q.device.index)
     counter = cuda._scheduler_counter(q.device, stream)
     layers = {
-        "ext.fwd (C++ binding + launch)": lambda: ext.fwd(q, k, v, out, lse, *tables.tensors,
-                                                          0.125, 0, 0, counter, stream),
+        "ext.fwd (C++ binding + launch)": lambda: ext.fwd(q, k, v, out, lse, args, counter, stream),
         "cuda.forward": lambda: cuda.forward(q, k, v, pn, row_bits, 0.125),
         "ops.attention_forward (custom op)": lambda: ops.attention_forward(q, k, v, pn, row_bits, 0.125, "cuda"),
         "attention(backend=cuda)": lambda: hmar_kernels.attention(q, k, v, pn, "block_causal", backend="cuda"),

@@ -43,7 +43,7 @@ def main() -> int:
         print(f"CUDA extension: not available: {why}")
     else:
         built = dict(ext.built())
-        launcher = "with" if hasattr(ext, "native_attention") else "without"
+        launcher = "with" if hasattr(ext, "PlanSpec") else "without"
         print(f"CUDA extension: built ({ext.__name__}; dtypes {', '.join(built['dtypes'])}, head dims "
               f"{', '.join(map(str, built['head_dims']))}; {launcher} the C++ launcher)")
     dtype = torch.bfloat16 if has_gpu else torch.float32

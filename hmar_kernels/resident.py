@@ -11,6 +11,7 @@ arguments (which builds the tables) must happen before capturing, as torch.cuda.
 """
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
@@ -18,13 +19,14 @@ import torch
 
 T = TypeVar("T")
 
-_builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hmar-resident")
+_BUILDER = "hmar-resident"
+_builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_BUILDER)
 
 
 def resident(build: Callable[[], T], device: torch.device) -> T:
     """``build()`` (which makes device tensors on ``device``), run outside every CUDA graph pool."""
     device = torch.device(device)
-    if device.type != "cuda":
+    if device.type != "cuda" or threading.current_thread().name.startswith(_BUILDER):  # nested: already there
         return build()
     if torch.cuda.is_current_stream_capturing():
         raise RuntimeError("hmar_kernels: this call's tile tables (or mask) do not exist yet and cannot be built "

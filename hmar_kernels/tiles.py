@@ -162,12 +162,8 @@ class TileMask:
     col_start: torch.Tensor
     col_end: torch.Tensor
 
-    # The device tensors in the order every kernel takes them (Triton kernels, csrc/api.cpp's fwd).
+    # The tables in the order every kernel takes them (Triton kernels; csrc/api.h's TileTables names them).
     KERNEL_FIELDS = ("row_lo", "row_hi", "row_start", "row_end", "col_offsets", "col_num_full", "col_start", "col_end")
-
-    def kernel_tensors(self) -> tuple[torch.Tensor, ...]:
-        """The device tensors, in KERNEL_FIELDS order."""
-        return tuple(getattr(self, name) for name in self.KERNEL_FIELDS)
 
     @property
     def num_tiles(self) -> int:
@@ -290,22 +286,54 @@ def tile_mask(patch_nums: tuple[int, ...], row_bits: tuple[int, ...], block_m: i
 
 
 class LaunchTables:
-    """The device tables one launch reads: TileMask tensors, then the program table (last), with their raw
-    pointers (the Triton launcher passes those instead of the tensors). int32, freshly allocated, so aligned."""
+    """The device tables one launch reads, in the order its kernel takes them (TileMask tables, then the program
+    table, last), with their raw pointers (the Triton launcher passes those instead of the tensors).
 
-    def __init__(self, tensors: Sequence[torch.Tensor]):
+    Built with ``packed``, the tables are views of one int32 ``buffer``, each starting 16-byte aligned, and
+    ``offsets`` / ``sizes`` give each table's first entry and entry count by name: what the CUDA forward's binding
+    takes (csrc/api.h, TileTables).
+    """
+
+    ALIGN = 4  # int32 entries per 16 bytes: every table starts 16-byte aligned (Triton specialises on it)
+
+    def __init__(self, tensors: Sequence[torch.Tensor], buffer: torch.Tensor | None = None,
+                 offsets: dict | None = None, sizes: dict | None = None):
         self.tensors = tuple(tensors)
         self.pointers = tuple(t.data_ptr() for t in self.tensors)
         self.programs = self.tensors[-1].shape[0]  # rows of the program table: the grid size
+        self.buffer, self.offsets, self.sizes = buffer, offsets, sizes
+
+    @classmethod
+    def packed(cls, tables: dict, device: torch.device) -> "LaunchTables":
+        """One resident int32 buffer holding ``tables`` (name → numpy array, in kernel order); an empty table
+        still gets a valid pointer (to zeros)."""
+        offsets, sizes, pieces, at = {}, {}, [], 0
+        for name, array in tables.items():
+            flat = np.ascontiguousarray(array, dtype=np.int32).reshape(-1)
+            offsets[name], sizes[name] = at, flat.size
+            piece = np.zeros(-(-max(flat.size, 1) // cls.ALIGN) * cls.ALIGN, dtype=np.int32)
+            piece[:flat.size] = flat
+            pieces.append(piece)
+            at += piece.size
+        buffer = host_to_device(np.concatenate(pieces), device)
+        views = [buffer.narrow(0, offsets[name], max(sizes[name], 1)) for name in tables]
+        views[-1] = views[-1].view(-1, *np.shape(tables[next(reversed(tables))])[1:])  # (P, 2) program table
+        return cls(views, buffer, offsets, sizes)
+
+
+# The tables of a forward launch, in kernel order (both backends; csrc/api.h's TileTables names the same fields).
+FORWARD_TABLES = TileMask.KERNEL_FIELDS + ("programs",)
 
 
 @functools.lru_cache(maxsize=256)
 def forward_tables(patch_nums: tuple[int, ...], row_bits: tuple[int, ...], block_m: int, block_n: int,
                    batch_heads: int, device: torch.device) -> LaunchTables:
-    """The tables a forward launch reads (both backends), cached: the TileMask's ``kernel_tensors()``, then the
+    """The tables a forward launch reads (both backends), packed and cached: the TileMask's tables, then the
     program table of ``launch_order`` over its row tiles."""
     mask = tile_mask(patch_nums, row_bits, block_m, block_n, device)
-    return LaunchTables((*mask.kernel_tensors(), host_to_device(launch_order([mask.visits], batch_heads), device)))
+    tables = {name: mask.host[name] for name in TileMask.KERNEL_FIELDS}
+    tables["programs"] = launch_order([mask.visits], batch_heads)
+    return LaunchTables.packed(tables, device)
 
 
 def launch_order(works: Sequence[np.ndarray], batch_heads: int) -> np.ndarray:

@@ -182,13 +182,23 @@ def test_register_refuses_codes_that_do_not_match_the_kernel():
     kernel = call.compiled_kernel()
     slots = {id(t): i for i, t in enumerate((q, k, v, out, lse))}
     codes = native.param_codes(kernel, call, slots)
-    spec = native._launch_spec(kernel, call)
     ext = native._extension()[0]
-    good = [spec, spec, spec], [codes, codes, codes]
-    assert ext.register_plan(*good, list(call.tables.tensors), q, False, None) >= 0
+
+    def plan_with_backward(backward_codes):
+        plan = ext.PlanSpec()
+        plan.triton_forward = plan.preprocess = native.kernel_spec(ext, kernel, call, codes)
+        plan.backward = native.kernel_spec(ext, kernel, call, backward_codes)
+        plan.tables, plan.like, plan.poison = list(call.tables.tensors), q, False
+        return plan
+
+    assert ext.register_plan(plan_with_backward(codes)) >= 0
     for broken in (codes[:-1], codes + [[native.POINTER, 0]], [[native.INT64, 0]] + codes[1:]):
         with pytest.raises(ValueError, match="do not match the compiled kernel"):
-            ext.register_plan([spec] * 3, [codes, codes, broken], list(call.tables.tensors), q, False, None)
+            ext.register_plan(plan_with_backward(broken))
+    both = plan_with_backward(codes)
+    both.cuda_forward = ext.CudaForward()
+    with pytest.raises(ValueError, match="exactly one forward"):
+        ext.register_plan(both)
 
 
 def test_launch_hooks_route_calls_through_triton(monkeypatch):
