@@ -80,7 +80,7 @@ print(_cuda_problem(torch.device('cuda', 0), torch.bfloat16, 64) or 'backend cud
         overhead) run overhead 120 python bench/call_overhead.py --px 256 ;;
         bench)
             run bench 300 python -m "$BENCH_CLI" --px 256 1024 --dtypes bf16 --head-dims 64 --no-plots \
-                --time-budget 240 --results "$LOGS/results"
+                --time-budget 170 --results "$LOGS/results"
             ;;
         cudafwd) run cudafwd 200 python bench/cuda_fwd.py --out "$LOGS/cuda_fwd.csv" ;;
         sanitize)
