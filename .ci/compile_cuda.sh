@@ -62,12 +62,14 @@ g++ -std=c++17 -fsyntax-only -I"$CUTLASS" -Icsrc -I"$(dirname "$(dirname "$(comm
     -I/usr/local/cuda/include csrc/fwd_dispatch.cpp
 TORCH_INC=$($PY -c "from torch.utils.cpp_extension import include_paths; print(' '.join('-I' + p for p in include_paths()))")
 PY_INC=$($PY -c "import sysconfig; print(sysconfig.get_paths()['include'])")
-g++ -std=c++20 -fsyntax-only -w -DTORCH_EXTENSION_NAME=_C $TORCH_INC -I"$PY_INC" -I/usr/local/cuda/include \
-    -Icsrc csrc/api.cpp
-g++ -std=c++20 -fsyntax-only -w -DTORCH_EXTENSION_NAME=_C $TORCH_INC -I"$PY_INC" -I/usr/local/cuda/include \
-    -Icsrc csrc/native_attention.cpp
+for unit in api native_attention bindings; do
+    g++ -std=c++20 -fsyntax-only -w -DTORCH_EXTENSION_NAME=_C $TORCH_INC -I"$PY_INC" -I/usr/local/cuda/include \
+        -Icsrc csrc/$unit.cpp &
+done
+wait_all() { local failed=0; for job in $(jobs -p); do wait "$job" || failed=1; done; return $failed; }
+wait_all || { echo "FAILED: a torch-side C++ file does not compile"; exit 1; }
 g++ -std=c++17 -fsyntax-only -Wall -Wextra -Werror -I/usr/local/cuda/include -Icsrc csrc/triton_launch.cpp
-echo "fwd_dispatch.cpp, api.cpp, native_attention.cpp and triton_launch.cpp compile"
+echo "fwd_dispatch.cpp, api.cpp, native_attention.cpp, bindings.cpp and triton_launch.cpp compile"
 
 $NVCC -std=c++17 --expt-relaxed-constexpr -I"$CUTLASS" csrc/tests/layout_check.cu -o "$OUT/layout_check"
 "$OUT/layout_check"

@@ -2,7 +2,7 @@
 
     python bench/call_overhead.py [--px 256] [--pattern block_diagonal] [--profile]
 
-Rows (fwd+bwd unless said): the public API with autograd; the Triton launchers called directly (no custom op, no
+Rows (fwd+bwd unless said): the public API with autograd (triton, and cuda where it runs); the Triton launchers called directly (no custom op, no
 autograd); the same launches replayed from a CUDA graph (kernel time only); host time per call with no
 synchronisation between calls; SDPA with a boolean mask for comparison; then the host time of the pieces of a
 call (validation, allocation, descriptors, launches, an empty autograd.Function for the engine's own cost).
@@ -15,10 +15,11 @@ import time
 import torch
 
 import hmar_kernels
-from hmar_kernels import benchmark as bm
+from hmar_bench import harness as bm
 from hmar_kernels.api import _plan
-from hmar_kernels.triton import launch
-from hmar_kernels.benchmark import SCHEDULES
+from hmar_kernels.backends import cuda
+from hmar_kernels.backends.triton import host as launch
+from hmar_bench.harness import SCHEDULES
 
 
 def host_us(call, n=200):
@@ -124,6 +125,9 @@ def main():
         ("api sdpa fwd+bwd, wall", bm.time_cuda(lambda i: api("sdpa")(), reps=50).median_ms * 1e3),
         ("api sdpa fwd+bwd, host", host_us(api("sdpa"))),
     ]
+    if cuda.problem(q.device, q.dtype, 64) is None:
+        rows += [("api cuda fwd+bwd, wall", bm.time_cuda(lambda i: api("cuda")(), reps=50).median_ms * 1e3),
+                 ("api cuda fwd+bwd, host", host_us(api("cuda")))]
     rows += [(f"host: {name}", host_us(call)) for name, call in pieces(q, k, v, dout, pn, args.pattern)]
     print(f"{args.px} px {args.pattern} B={args.batch} H={args.heads} D=64 bf16")
     for name, us in rows:

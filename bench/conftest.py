@@ -5,7 +5,7 @@ with --bench-e2e, the model-level train step.
     pytest bench/ --benchmark-only --bench-px 1024 --bench-backends triton sdpa --benchmark-json=out.json
 
 Timing: synchronised pedantic rounds (each round starts from an idle device and ends with a synchronise, so host
-overhead counts, as in hmar_kernels.benchmark.time_cuda), warm-up rounds first, inputs rotated across rounds so
+overhead counts, as in hmar_bench.harness.time_cuda), warm-up rounds first, inputs rotated across rounds so
 small problems do not sit in L2; compare medians. extra_info holds useful TFLOP/s (dense_fa: all L² pairs), peak
 memory of fwd+bwd and the largest relative error of out, dq, dk, dv against the fp32 reference; a summary table
 of those prints at the end. Without a CUDA device every benchmark is skipped with the reason. The suites run
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hmar_kernels import benchmark as bm
+from hmar_bench import harness as bm
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda")

@@ -3,7 +3,7 @@ triton and the anchors on the real schedules; one CSV row per measurement.
 
     python bench/cuda_fwd.py --out results.csv [--anchors sdpa varlen flex] [--quick]
 
-Times with hmar_kernels.benchmark.time_cuda (CUDA events, synchronise before each repetition, median; inputs
+Times with hmar_bench.harness.time_cuda (CUDA events, synchronise before each repetition, median; inputs
 rotated so they do not sit in L2), the same harness as hmar-bench, plus a kernel-only number: 20 calls
 back-to-back between two events (no host gaps), divided by 20. Useful TFLOP/s = 4·B·H·D·(allowed pairs) / time.
 """
@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 
 import hmar_kernels
-from hmar_kernels import benchmark as bm
-from hmar_kernels import buffers, cuda, current_options, kernel_options
+from hmar_bench import harness as bm
+from hmar_kernels import buffers, current_options, kernel_options
+from hmar_kernels.backends import cuda
 from hmar_kernels.options import CUDA_SCHEDULERS
 from hmar_kernels.reference import reference_attention
-from hmar_kernels.schedule import bits_to_matrix, forward_tables, named_pattern_bits, tile_mask
-from hmar_model.cli.bench import git_commit
+from hmar_kernels.tiles import bits_to_matrix, named_pattern_bits, tile_mask
+from hmar_bench.cli import git_commit
 
 BATCH_HEADS = {256: (16, 16), 512: (4, 16), 1024: (4, 16)}  # as the anchor table (1024: the target's B=4, H=16)
 COLUMNS = ("device", "torch", "triton", "date", "commit", "px", "L", "B", "H", "D", "dtype", "pattern", "backend",
@@ -97,14 +98,13 @@ def host_overhead(rows_out):
     row_bits = named_pattern_bits("block_causal", len(pn))
     q, k, v = (torch.randn(1, 1, 680, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     ext = cuda.module()
-    block_m, block_n = cuda.fwd_tile(64, 0)
-    tables = forward_tables(pn, row_bits, block_m, block_n, 1, q.device)
+    with kernel_options(cuda_fwd_config=0, cuda_scheduler="dynamic"):
+        args = cuda.launch_setup(pn, row_bits, q.shape, q.device, 0.125)
     out, lse = torch.empty_like(q), torch.empty(1, 1, 680, device="cuda")
     stream = buffers.current_stream(q.device.index)
     counter = cuda._scheduler_counter(q.device, stream)
     layers = {
-        "ext.fwd (C++ binding + launch)": lambda: ext.fwd(q, k, v, out, lse, *tables.tensors,
-                                                          0.125, 0, 0, counter, stream),
+        "ext.fwd (C++ binding + launch)": lambda: ext.fwd(q, k, v, out, lse, args, counter, stream),
         "cuda.forward": lambda: cuda.forward(q, k, v, pn, row_bits, 0.125),
         "ops.attention_forward (custom op)": lambda: ops.attention_forward(q, k, v, pn, row_bits, 0.125, "cuda"),
         "attention(backend=cuda)": lambda: hmar_kernels.attention(q, k, v, pn, "block_causal", backend="cuda"),

@@ -8,9 +8,10 @@ import sys
 
 import torch
 
-from hmar_kernels import cuda, kernel_options
+from hmar_kernels import kernel_options
+from hmar_kernels.backends import cuda
 from hmar_kernels.reference import reference_attention
-from hmar_kernels.schedule import named_pattern_bits
+from hmar_kernels.tiles import named_pattern_bits
 
 CASES = [  # (patch_nums, row_bits, D, config, scheduler)
     ((1, 2, 3, 4, 5, 6, 8, 10, 13, 16), "block_causal", 64, 0, "dynamic"),

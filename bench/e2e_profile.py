@@ -8,8 +8,8 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from hmar_kernels import benchmark as bm
-from hmar_model.cli.bench import train_step_call
+from hmar_bench import harness as bm
+from hmar_bench.cli import train_step_call
 
 
 def main():

@@ -17,7 +17,7 @@ import torch
 import hmar_kernels
 from hmar_kernels import ops
 from hmar_kernels.api import _plan
-from hmar_kernels.benchmark import SCHEDULES
+from hmar_bench.harness import SCHEDULES
 
 
 def split_us(fwd, grad, idle: bool, n=200):

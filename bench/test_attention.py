@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from hmar_kernels import benchmark as bm
+from hmar_bench import harness as bm
 
 SANE_ERROR = 0.1  # max |x − ref| / max |ref| over out, dq, dk, dv: bf16 rounding gives ~1e-2; garbage gives ~1
 

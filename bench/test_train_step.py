@@ -6,8 +6,8 @@ import itertools
 import pytest
 import torch
 
-from hmar_kernels import benchmark as bm
-from hmar_model.cli.bench import train_step_call
+from hmar_bench import harness as bm
+from hmar_bench.cli import train_step_call
 
 DEPTH = 16  # d16: width 1024, 16 heads, head dim 64 (the smallest official model)
 

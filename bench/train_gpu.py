@@ -27,8 +27,8 @@ import triton
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from hmar_kernels.benchmark import time_cuda  # noqa: E402
-from hmar_model.cli.bench import git_commit, train_step_call  # noqa: E402
+from hmar_bench.harness import time_cuda  # noqa: E402
+from hmar_bench.cli import git_commit, train_step_call  # noqa: E402
 from hmar_model.schedules import PATCH_NUMS  # noqa: E402
 
 COLUMNS = ["model", "px", "batch", "mode", "world_size", "precision", "step_ms", "tokens_per_s", "images_per_s",

@@ -1,6 +1,6 @@
 """Compile the Triton attention kernels for sm_90 on any machine (no GPU needed) and report registers, spills
 (stack bytes) and whether the SASS uses TMA (UTMALDG) and wgmma (HGMMA). The numbers in
-hmar_kernels/triton/tuning.py come from here.
+hmar_kernels/backends/triton/tuning.py come from here.
 
     python bench/triton_registers.py [--head-dims 64 128] [--dtype bf16]
 """
@@ -13,9 +13,9 @@ import tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 
-from hmar_kernels.triton import tuning
-from hmar_kernels.triton.bwd import attn_bwd_kernel
-from hmar_kernels.triton.fwd import attn_fwd_kernel
+from hmar_kernels.backends.triton import tuning
+from hmar_kernels.backends.triton.bwd import attn_bwd_kernel
+from hmar_kernels.backends.triton.fwd import attn_fwd_kernel
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 

@@ -7,8 +7,8 @@ import argparse
 import torch
 
 import hmar_kernels
-from hmar_kernels.benchmark import SCHEDULES
-from hmar_kernels.triton import tuning
+from hmar_bench.harness import SCHEDULES
+from hmar_kernels.backends.triton import tuning
 
 
 def main():
@@ -29,7 +29,7 @@ def main():
             out = hmar_kernels.attention(q, k, v, pn, pattern, backend="triton")
             torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
     for (kind, pn, bits, d, dt, _), (best, times) in tuning.tuned_configs().items():
-        pattern = hmar_kernels.schedule.pattern_name(bits)
+        pattern = hmar_kernels.tiles.pattern_name(bits)
         print(f"{kind} L={sum(p * p for p in pn)} {pattern} D={d} {dt}: best {best}")
         for config, ms in sorted(times.items(), key=lambda kv: kv[1]):
             print(f"    {ms:8.3f} ms  {config}")

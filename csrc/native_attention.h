@@ -1,33 +1,43 @@
-// The kernel backends' forward + backward as one C++ autograd Function (native_attention.cpp); bound in api.cpp.
+// The kernel backends' forward + backward as one C++ autograd Function (native_attention.cpp); bound in
+// bindings.cpp. Python (hmar_kernels/backends/native.py) describes each plan's kernels with the structs below.
 #pragma once
 
 #include <torch/extension.h>
 
 #include <optional>
-#include <tuple>
 #include <vector>
 
-// The sm90 CUDA forward (api.cpp): writes out and lse. See api.cpp for the arguments.
-void fwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor& out, at::Tensor& lse,
-         at::Tensor const& row_lo, at::Tensor const& row_hi, at::Tensor const& row_start,
-         at::Tensor const& row_end, at::Tensor const& col_offsets, at::Tensor const& col_num_full,
-         at::Tensor const& col_start, at::Tensor const& col_end, at::Tensor const& programs,
-         double softmax_scale, int64_t config, int64_t num_ctas, std::optional<at::Tensor> const& counter,
-         int64_t stream);
+#include "api.h"
 
-// What the CUDA forward of a plan needs besides q, k, v: its 9 schedule tables (row_lo ... programs), softmax
-// scale, tile config, grid size (0: one CTA per SM) and whether it schedules dynamically (a counter per stream).
-using CudaForwardSpec = std::tuple<std::vector<at::Tensor>, double, int64_t, int64_t, bool>;
+namespace hmar {
 
-// Registers one plan; returns its id. launches[i]: (CUfunction, threads, dynamic shared bytes, grid x, y, z) of
-// the Triton forward, backward preprocess and backward kernels; codes[i]: one ParamCode per kernel parameter
-// (csrc/triton_launch.h); tables: tensors whose addresses the codes hold; like: a (B, H, L, D) tensor with the
-// plan's shape, dtype and device; poison: NaN-fill outputs before the kernels write them. With cuda_forward, the
-// CUDA kernel runs the forward instead and launches[0] / codes[0] must be empty.
-int64_t register_plan(std::vector<std::vector<int64_t>> const& launches,
-                      std::vector<std::vector<std::vector<int64_t>>> const& codes,
-                      std::vector<at::Tensor> const& tables, at::Tensor const& like, bool poison,
-                      std::optional<CudaForwardSpec> const& cuda_forward);
+// One Triton-compiled kernel as Python found it: the CUfunction, its launch shape, and one ParamCode per kernel
+// parameter (triton_launch.h; the flat form ParamCode::parse reads).
+struct TritonKernelSpec {
+    int64_t function = 0;  // CUfunction
+    int64_t threads = 0;  // 32 · num_warps
+    int64_t shared_bytes = 0;  // dynamic shared memory
+    std::vector<int64_t> grid;  // (x, y, z)
+    std::vector<std::vector<int64_t>> codes;
+};
+
+// The kernels of one (backend, schedule, pattern, shape, dtype, device, options), each pass one kind of kernel:
+// the forward is a Triton kernel or the CUDA forward, the backward the Triton delta preprocess + backward. A CUDA
+// backward (or an sm80 path) slots in as one more optional member here and one more branch in run_forward /
+// NativeAttention::backward.
+struct PlanSpec {
+    std::optional<TritonKernelSpec> triton_forward;
+    std::optional<CudaForward> cuda_forward;  // exactly one of the two forwards
+    TritonKernelSpec preprocess, backward;
+    std::vector<at::Tensor> tables;  // tensors whose addresses the codes hold: kept alive with the plan
+    at::Tensor like;  // a (B, H, L, D) tensor with the plan's shape, dtype and device
+    bool poison = false;  // NaN-fill outputs before the kernels write them (tests)
+};
+
+// Registers one plan; returns its id. Checks every Triton kernel's codes against its cubin's parameters.
+int64_t register_plan(PlanSpec const& spec);
 
 // out (B, H, L, D) of q, k, v (B, H, L, D) under plan plan_id; differentiable in q, k and v.
 at::Tensor native_attention(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, int64_t plan_id);
+
+}  // namespace hmar

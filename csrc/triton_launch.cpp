@@ -5,6 +5,7 @@
 #include <cudaTypedefs.h>
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <cstring>
 #include <stdexcept>
 
@@ -136,9 +137,41 @@ std::string check_params(TritonKernel const& kernel) {
     return "";
 }
 
-std::string launch(TritonKernel const& kernel, CUstream stream, TensorRef const* tensors) {
+std::string make_context_current(int device) {
+    static auto const get_current = driver_function<PFN_cuCtxGetCurrent_v4000>("cuCtxGetCurrent", 4000);
+    static auto const set_current = driver_function<PFN_cuCtxSetCurrent_v4000>("cuCtxSetCurrent", 4000);
+    static auto const get_device = driver_function<PFN_cuDeviceGet_v2000>("cuDeviceGet", 2000);
+    static auto const retain = driver_function<PFN_cuDevicePrimaryCtxRetain_v7000>("cuDevicePrimaryCtxRetain", 7000);
+    if (get_current == nullptr || set_current == nullptr || get_device == nullptr || retain == nullptr) {
+        return "the CUDA driver lacks the context functions";
+    }
+    constexpr int kMaxDevices = 64;
+    if (device < 0 || device >= kMaxDevices) { return "device index out of range: " + std::to_string(device); }
+    // One retained primary context per device, kept for the process (as the CUDA runtime keeps it).
+    static std::atomic<CUcontext> primary[kMaxDevices] = {};
+    CUcontext context = primary[device].load(std::memory_order_acquire);
+    if (context == nullptr) {
+        CUdevice handle;
+        CUresult status = get_device(&handle, device);
+        if (status != CUDA_SUCCESS) { return driver_error("cuDeviceGet", status); }
+        status = retain(&context, handle);
+        if (status != CUDA_SUCCESS) { return driver_error("cuDevicePrimaryCtxRetain", status); }
+        CUcontext expected = nullptr;
+        if (!primary[device].compare_exchange_strong(expected, context)) { context = expected; }
+    }
+    CUcontext current = nullptr;
+    CUresult status = get_current(&current);
+    if (status != CUDA_SUCCESS) { return driver_error("cuCtxGetCurrent", status); }
+    if (current == context) { return ""; }
+    status = set_current(context);
+    return status == CUDA_SUCCESS ? "" : driver_error("cuCtxSetCurrent", status);
+}
+
+std::string launch(TritonKernel const& kernel, int device, CUstream stream, TensorRef const* tensors) {
     static auto const launch_kernel = driver_function<PFN_cuLaunchKernel_v4000>("cuLaunchKernel", 4000);
     if (launch_kernel == nullptr) { return "cuLaunchKernel not found in the CUDA driver"; }
+    std::string const context_error = make_context_current(device);
+    if (!context_error.empty()) { return context_error; }
     ParamBlock block;
     int maps = 0, scalars = 0, n = 0;
     for (ParamCode const& p : kernel.params) {

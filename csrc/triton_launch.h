@@ -3,7 +3,7 @@
 // A Triton kernel's parameters, once compiled, are plain: pointers, 32/64-bit ints, fp32, and for each host-side
 // tensor descriptor a 128-byte CUtensorMap followed by the tensor's shape (int32 each) and strides (int64 each);
 // constexpr and specialised (== 1) arguments are gone; two scratch pointers close the list. Python reads that
-// list from the compiled kernel (hmar_kernels/native.py) and describes each parameter with a ParamCode:
+// list from the compiled kernel (hmar_kernels/backends/native.py) and describes each parameter with a ParamCode:
 // where its value comes from at launch time (a tensor slot, or a constant fixed when the plan was built).
 // check_params compares the codes with the parameter sizes the driver reports for the cubin, so that a Triton
 // whose ABI differs is refused at registration, never launched with a wrong parameter block.
@@ -17,7 +17,7 @@
 
 namespace hmar {
 
-// Tensors a launch can read, by slot; hmar_kernels/native.py's SLOTS lists the same names in this order.
+// Tensors a launch can read, by slot; hmar_kernels/backends/native.py's SLOTS lists the same names in this order.
 enum Slot : int { kQ, kK, kV, kOut, kLse, kDout, kDelta, kDq, kDk, kDv, kNumSlots };
 
 constexpr int kMaxRank = 4;
@@ -68,7 +68,13 @@ struct TritonKernel {
 // "" when the driver's parameter list of kernel.function (count and sizes) matches kernel.params, else why not.
 std::string check_params(TritonKernel const& kernel);
 
-// Launches kernel on stream with tensors[slot] as the slot tensors. Returns "" or the CUDA error.
-std::string launch(TritonKernel const& kernel, CUstream stream, TensorRef const* tensors);
+// Makes the primary context of CUDA device `device` current on the calling thread, if another (or none) is. The
+// autograd engine runs a backward on its own device thread, which may have no current context (the CUDA runtime
+// binds one lazily on its first call; the driver's cuLaunchKernel needs one). Returns "" or the CUDA error.
+std::string make_context_current(int device);
+
+// Launches kernel on stream (of CUDA device `device`) with tensors[slot] as the slot tensors. Returns "" or the
+// CUDA error.
+std::string launch(TritonKernel const& kernel, int device, CUstream stream, TensorRef const* tensors);
 
 }  // namespace hmar

@@ -10,16 +10,17 @@ import functools
 import math
 import numbers
 import os
-import warnings
 from typing import Sequence, Union
 
 import numpy as np
 import torch
 
 from . import ops
-from .anchors import ANCHORS
+from .backends.anchors import ANCHORS
+from .notices import warn_once
+from .options import KernelOptions, using_options
 from .reference import reference_attention
-from .schedule import MAX_SCALES, NAMED_PATTERNS, named_pattern_bits, pattern_name
+from .tiles import MAX_SCALES, NAMED_PATTERNS, named_pattern_bits, pattern_name
 
 BACKENDS = ("auto", "cuda", "triton", "reference", "sdpa", "flex", "varlen")
 KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -30,7 +31,7 @@ Pattern = Union[str, Sequence[Sequence[bool]], np.ndarray, torch.Tensor]
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, patch_nums: Sequence[int],
               pattern: Pattern = "block_diagonal", softmax_scale: float | None = None,
-              backend: str = "auto") -> torch.Tensor:
+              backend: str = "auto", options: KernelOptions | None = None) -> torch.Tensor:
     """Attention over a multi-scale token sequence with a scale-level mask.
 
     Args:
@@ -48,10 +49,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, patch_nums: Seq
         backend: "auto" (fastest available here), "cuda", "triton", "reference" (plain PyTorch, the ground
             truth), or the anchors "sdpa" (boolean mask), "flex" (FlexAttention BlockMask) and "varlen"
             (varlen_attn, one sequence per scale; block_diagonal only).
+        options: a KernelOptions for this call (kernel configs, autotuning, test switches); default: those of
+            the enclosing ``kernel_options`` block, else the defaults.
 
     Returns:
         (B, H, L, D) in q's dtype. Differentiable with respect to q, k and v.
     """
+    if options is not None:
+        with using_options(options):
+            return attention(q, k, v, patch_nums, pattern, softmax_scale, backend)
     _validate_tensors(q, k, v)
     patch_nums, row_bits, scale, name = _plan(_hashable(patch_nums), _hashable(pattern), softmax_scale, backend,
                                              q.device, q.dtype, tuple(q.shape))
@@ -80,17 +86,25 @@ def _hashable(value):
 def _plan(patch_nums, pattern, softmax_scale, backend, device, dtype, shape):
     """Everything that depends only on the arguments' values, checked once per distinct call and cached.
 
-    Returns (patch_nums, row_bits, softmax_scale, backend). torch.compile evaluates it at trace time.
+    Returns (patch_nums, row_bits, softmax_scale, backend). torch.compile evaluates it at trace time. The cache
+    key holds the arguments' types too: (1.0, 2.0) equals (1, 2) and True equals 1, yet only the ints are valid.
     """
+    types = (_types(patch_nums), _types(pattern), type(softmax_scale))
     try:
-        return _cached_plan(patch_nums, pattern, softmax_scale, backend, device, dtype, shape)
+        return _cached_plan(patch_nums, pattern, softmax_scale, backend, device, dtype, shape, types)
     except TypeError as error:
         if "unhashable" not in str(error):
             raise
-        return _plan_uncached(patch_nums, pattern, softmax_scale, backend, device, dtype, shape)
+        return _plan_uncached(patch_nums, pattern, softmax_scale, backend, device, dtype, shape, types)
 
 
-def _plan_uncached(patch_nums, pattern, softmax_scale, backend, device, dtype, shape):
+def _types(value):
+    """The type of value, and of every element of a (nested) tuple."""
+    return tuple(map(_types, value)) if type(value) is tuple else type(value)
+
+
+def _plan_uncached(patch_nums, pattern, softmax_scale, backend, device, dtype, shape, types=None):
+    """_plan's work; ``types`` only makes the cache key type-exact."""
     patch_nums = _validate_patch_nums(patch_nums)
     length = sum(p * p for p in patch_nums)
     if shape[2] != length:
@@ -136,6 +150,11 @@ def _validate_tensors(q, k, v):
             raise TypeError(f"{name} has dtype {t.dtype} but q has {q.dtype}; they must match")
     if not q.is_floating_point():
         raise TypeError(f"q, k, v must be floating point, got {q.dtype}")
+    if q.device.type == "meta":
+        raise ValueError("q, k, v are meta tensors (shapes without data); attention needs tensors on the CPU or "
+                         "a GPU (under torch.compile, fake tensors are handled for you)")
+    if q.shape[-1] == 0:
+        raise ValueError(f"q, k, v have head dim D = 0 (shape {tuple(q.shape)} is (B, H, L, D)); D must be positive")
 
 
 def _validate_pattern(pattern, num_scales: int) -> tuple[int, ...]:
@@ -173,19 +192,14 @@ def _validate_scale(softmax_scale, head_dim: int) -> float:
     return float(softmax_scale)
 
 
-_warned: set = set()
-
-
-def _warn_once(message: str):
-    if message not in _warned:
-        _warned.add(message)
-        warnings.warn(message, stacklevel=4)
-
-
 def _triton_problem(device, dtype, head_dim) -> str | None:
     """Why the Triton backend cannot run on such inputs, or None."""
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        return f"backend 'triton' needs CUDA tensors (q is on {device}; set TRITON_INTERPRET=1 to run on CPU)"
+    if device.type != "cuda":
+        if os.environ.get("TRITON_INTERPRET", "0") != "1":
+            return f"backend 'triton' needs CUDA tensors (q is on {device}; set TRITON_INTERPRET=1 to run on CPU)"
+        if dtype == torch.bfloat16:  # its tl.dot goes through numpy, which has no bf16: inf/NaN, silently
+            return ("the Triton interpreter's tl.dot is wrong for bf16 operands (inf/NaN), so backend 'triton' "
+                    "refuses bf16 under TRITON_INTERPRET=1; use fp16 or fp32 on the CPU, or a GPU")
     if dtype not in KERNEL_DTYPES:
         return f"backend 'triton' supports dtypes bf16, fp16, fp32, got {dtype}"
     if head_dim not in TRITON_HEAD_DIMS:
@@ -194,7 +208,7 @@ def _triton_problem(device, dtype, head_dim) -> str | None:
 
 
 def _cuda_problem(device, dtype, head_dim) -> str | None:
-    from . import cuda
+    from .backends import cuda
 
     return cuda.problem(device, dtype, head_dim)
 
@@ -227,7 +241,7 @@ def _resolve_backend(backend, device, dtype, head_dim, row_bits) -> str:
 def _auto_backend(device, dtype, head_dim) -> str:
     """cuda where it can run, else triton, else reference; says once why the faster path was skipped."""
     if device.type != "cuda":
-        _warn_once(f"hmar_kernels.attention(backend='auto'): q is on {device}, not CUDA; using the slow "
+        warn_once(f"hmar_kernels.attention(backend='auto'): q is on {device}, not CUDA; using the slow "
                    "'reference' backend")
         return "reference"
     cuda_problem = _cuda_problem(device, dtype, head_dim)
@@ -235,8 +249,8 @@ def _auto_backend(device, dtype, head_dim) -> str:
         return "cuda"
     triton_problem = _triton_problem(device, dtype, head_dim)
     if triton_problem is None:
-        _warn_once(f"hmar_kernels.attention(backend='auto'): using 'triton' because {cuda_problem}")
+        warn_once(f"hmar_kernels.attention(backend='auto'): using 'triton' because {cuda_problem}")
         return "triton"
-    _warn_once(f"hmar_kernels.attention(backend='auto'): using the slow 'reference' backend because "
+    warn_once(f"hmar_kernels.attention(backend='auto'): using the slow 'reference' backend because "
                f"{cuda_problem}; and {triton_problem}")
     return "reference"

@@ -10,8 +10,8 @@ and the Triton kernels also run on CPU tensors under TRITON_INTERPRET=1, which I
 
 Eager calls go through ``_EagerAttention`` (a plain autograd.Function over the same backend functions) instead:
 the custom-op machinery costs ~250 µs of Python per forward + backward against ~90 µs (no-op backend, CPU), and
-at 256 px the host, not the GPU, bounds the step. Eager "triton" and "cuda" calls on CUDA go further: a
-C++ autograd Function launches the kernels (native.py). ``attention_op`` picks the path.
+at 256 px the host, not the GPU, bounds the step. Eager calls on CUDA go further where the extension is built: a
+C++ autograd Function launches the kernels (backends/native.py). ``attention_op`` picks one of the two.
 """
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from typing import Sequence
 
 import torch
 
-_BACKEND_MODULES = {"triton": "hmar_kernels.triton.launch", "cuda": "hmar_kernels.cuda"}
+from .options import current_options, using_options
+
+_BACKEND_MODULES = {"triton": "hmar_kernels.backends.triton.host", "cuda": "hmar_kernels.backends.cuda"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -64,6 +66,7 @@ def _save_context(ctx, q, k, v, out, lse, patch_nums, row_bits, softmax_scale, b
     ctx.set_materialize_grads(False)  # no zero-filled gradient for the unused lse output (7 ms per call on CPU)
     ctx.save_for_backward(q, k, v, out, lse)
     ctx.patch_nums, ctx.row_bits, ctx.softmax_scale, ctx.backend = patch_nums, row_bits, softmax_scale, backend
+    ctx.options = current_options()  # the engine thread runs the backward with the forward's options
 
 
 def _setup_context(ctx, inputs, output):
@@ -75,8 +78,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = attention_backward(dout, q, k, v, out, lse, ctx.patch_nums, ctx.row_bits, ctx.softmax_scale,
-                                    ctx.backend)
+    with using_options(ctx.options):
+        dq, dk, dv = attention_backward(dout, q, k, v, out, lse, ctx.patch_nums, ctx.row_bits, ctx.softmax_scale,
+                                        ctx.backend)
     return dq, dk, dv, None, None, None, None
 
 
@@ -95,28 +99,25 @@ class _EagerAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = backend_module(ctx.backend).backward(dout, q, k, v, out, lse, ctx.patch_nums, ctx.row_bits,
-                                                          ctx.softmax_scale)
+        with using_options(ctx.options):
+            dq, dk, dv = backend_module(ctx.backend).backward(dout, q, k, v, out, lse, ctx.patch_nums, ctx.row_bits,
+                                                              ctx.softmax_scale)
         return dq, dk, dv, None, None, None, None
 
 
 def attention_op(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], softmax_scale: float,
                  backend: str) -> torch.Tensor:
-    """out (B, H, L, D) of a kernel backend: the custom op under torch.compile; in eager, the kernels launched
-    from C++ where the extension has the launcher (native.py), else the lean Function, or the backend itself when
-    no gradient is wanted."""
+    """out (B, H, L, D) of a kernel backend: the custom op under torch.compile; in eager, one autograd Function:
+    the C++ one (kernels launched from C++, native.py) where the extension has it, else _EagerAttention."""
     if torch.compiler.is_compiling():
         return attention_forward(q, k, v, patch_nums, row_bits, softmax_scale, backend)[0]
-    if backend in ("triton", "cuda"):
-        plan = native().plan_id(backend, q, k, v, patch_nums, row_bits, softmax_scale)
-        if plan is not None:
-            return native().attention(q, k, v, plan)
-    if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
-        return backend_module(backend).forward(q, k, v, patch_nums, row_bits, softmax_scale)[0]  # no graph needed
+    plan = native().plan_id(backend, q, k, v, patch_nums, row_bits, softmax_scale)
+    if plan is not None:
+        return native().attention(q, k, v, plan)
     return _EagerAttention.apply(q, k, v, patch_nums, row_bits, softmax_scale, backend)
 
 
 @functools.lru_cache(maxsize=1)
 def native():
-    """hmar_kernels.native (imported on first use: it imports Triton)."""
-    return importlib.import_module("hmar_kernels.native")
+    """hmar_kernels.backends.native (imported on first use: it imports Triton)."""
+    return importlib.import_module("hmar_kernels.backends.native")

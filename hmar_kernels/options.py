@@ -1,11 +1,17 @@
-"""Kernel options: the one place for tuning knobs and test switches.
+"""Kernel options: the one place for tuning knobs and test switches, per call or for a block of calls.
 
-    with hmar_kernels.kernel_options(triton_fwd=FwdConfig(64, 64, 4, 3), poison_outputs=True):
+    out = hmar_kernels.attention(q, k, v, patch_nums, backend="triton",
+                                 options=hmar_kernels.KernelOptions(triton_fwd=FwdConfig(64, 64, 4, 3)))
+    with hmar_kernels.kernel_options(poison_outputs=True):
         out = hmar_kernels.attention(q, k, v, patch_nums, backend="triton")
+
+Options live in a context variable (each thread its own); the backward of a call runs with its forward's options,
+whatever thread the autograd engine runs it on.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -29,20 +35,29 @@ class KernelOptions:
             raise ValueError(f"cuda_scheduler must be one of {CUDA_SCHEDULERS}, got {self.cuda_scheduler!r}")
 
 
-_current = KernelOptions()
+_current: contextvars.ContextVar[KernelOptions] = contextvars.ContextVar("hmar_kernel_options",
+                                                                        default=KernelOptions())
 
 
 def current_options() -> KernelOptions:
-    return _current
+    """The options of this thread (context): set by ``kernel_options``/``using_options``, else the defaults."""
+    return _current.get()
 
 
 @contextlib.contextmanager
-def kernel_options(**changes):
-    """Temporarily change kernel options (not thread-safe: set them around a whole run)."""
-    global _current
-    saved = _current
-    _current = dataclasses.replace(_current, **changes)
+def using_options(options: KernelOptions):
+    """Run the enclosed calls with ``options`` (this thread only)."""
+    if not isinstance(options, KernelOptions):
+        raise TypeError(f"options must be a hmar_kernels.KernelOptions, got {type(options).__name__}")
+    token = _current.set(options)
     try:
-        yield _current
+        yield options
     finally:
-        _current = saved
+        _current.reset(token)
+
+
+def kernel_options(**changes):
+    """Context manager: the current options with ``changes`` for the enclosed calls (this thread only; an
+    autograd backward runs with the options of its forward). ``attention(..., options=...)`` does the same for
+    one call."""
+    return using_options(dataclasses.replace(current_options(), **changes))

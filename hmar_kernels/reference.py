@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .schedule import scale_bounds
+from .tiles import scale_bounds
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, patch_nums: tuple[int, ...],

@@ -13,7 +13,7 @@ import itertools
 import numbers
 from typing import Sequence
 
-from hmar_kernels.schedule import PATCH_NUMS  # the official schedules by resolution
+from hmar_kernels.tiles import PATCH_NUMS  # the official schedules by resolution
 
 # The official sampling default (used for FID): refinement at 2×2 (one masked pass) and 3×3 (three passes).
 DEFAULT_MASK_SCHEDULE_256 = ((1,), (1, 3), (1, 1, 2, 5), (16,), (25,), (36,), (64,), (100,), (169,), (256,))

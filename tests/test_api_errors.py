@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-import hmar_kernels.cuda
-from hmar_kernels import api, attention
+import hmar_kernels.backends.cuda
+from hmar_kernels import api, attention, notices
 
 PN = (1, 2, 3)  # L = 14
 
@@ -124,7 +124,7 @@ def test_triton_on_cpu_without_interpreter(monkeypatch):
 
 
 def test_cuda_backend_not_available_here_says_why():
-    if hmar_kernels.cuda.problem(torch.device("cpu"), torch.bfloat16, 64) is None:
+    if hmar_kernels.backends.cuda.problem(torch.device("cpu"), torch.bfloat16, 64) is None:
         pytest.skip("the CUDA backend can run here")
     with pytest.raises(ValueError, match="cuda|CUDA"):
         attention(*qkv(), PN, backend="cuda")
@@ -138,7 +138,7 @@ def test_varlen_rejects_other_patterns_and_cpu():
 
 
 def test_auto_on_cpu_warns_once_and_uses_reference():
-    api._warned.clear()
+    notices._said.clear()
     q, k, v = qkv()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -153,3 +153,39 @@ def test_bad_cuda_scheduler_option():
     with pytest.raises(ValueError, match="cuda_scheduler must be one of"):
         with hmar_kernels.kernel_options(cuda_scheduler="round_robin"):
             pass
+
+
+def test_validation_does_not_depend_on_the_plan_cache():
+    """(1.0, 2.0, 3.0) equals (1, 2, 3) and True equals 1.0 as cache keys; they are refused all the same."""
+    q, k, v = qkv()
+    attention(q, k, v, (1, 2, 3), softmax_scale=1.0, backend="reference")
+    with pytest.raises(TypeError, match="ints"):
+        attention(q, k, v, (1.0, 2.0, 3.0), backend="reference")
+    with pytest.raises(TypeError, match="softmax_scale"):
+        attention(q, k, v, (1, 2, 3), softmax_scale=True, backend="reference")
+    attention(q, k, v, (1, 2, 3), pattern=np.eye(3, dtype=bool), backend="reference")
+    with pytest.raises(TypeError, match="booleans"):
+        attention(q, k, v, (1, 2, 3), pattern=np.eye(3), backend="reference")
+
+
+def test_zero_head_dim_is_a_value_error():
+    with pytest.raises(ValueError, match="D = 0"):
+        attention(*qkv(head_dim=0), PN, backend="reference")
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference", "triton"])
+def test_meta_tensors_are_a_value_error(backend):
+    with pytest.raises(ValueError, match="meta tensors"):
+        attention(*qkv(device="meta"), PN, backend=backend)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU interpreter's refusal (with a GPU, bf16 runs there)")
+def test_bf16_under_the_cpu_interpreter_is_refused():
+    q, k, v = qkv(dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="refuses bf16 under TRITON_INTERPRET=1"):
+        attention(q, k, v, PN, backend="triton")
+
+
+def test_options_per_call_must_be_kernel_options():
+    with pytest.raises(TypeError, match="KernelOptions"):
+        attention(*qkv(), PN, backend="reference", options={"autotune": False})

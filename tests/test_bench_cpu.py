@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import HAS_CUDA
-from hmar_kernels import benchmark as bm
+from hmar_bench import harness as bm
 from hmar_kernels.reference import reference_attention
-from hmar_model.cli import bench
+from hmar_bench import cli as bench
 
 pytestmark = pytest.mark.skipif(HAS_CUDA, reason="tests the no-GPU path")
 CPU = torch.device("cpu")
@@ -110,7 +110,7 @@ def cpu_timed(monkeypatch):
 
 
 def test_sweep_loop_on_cpu_rows_skips_failures_and_plots(cpu_timed, monkeypatch, tmp_path, capsys):
-    from hmar_model.cli import plot
+    from hmar_bench import plot
 
     attend = bm.AttentionCase.attend
 
@@ -165,3 +165,36 @@ def test_run_writes_results_and_a_refresh_replaces_only_its_rows(cpu_timed, tmp_
     second = {(r["pattern"], r["backend"]): r for r in csv.DictReader(open(out_dir / "attention.csv"))}
     assert set(second) == set(first)
     assert second["block_causal", "triton"] == first["block_causal", "triton"]  # not re-measured: kept as it was
+
+
+def test_a_cpu_sweep_that_runs_nothing_fails(monkeypatch, capsys):
+    """bf16 (refused by the interpreter) or a head dim no kernel has: every case skipped is a failure, not a pass."""
+    monkeypatch.setattr(bench, "CPU_SCHEDULES", (SMALL,))
+    for argv in (["--dtypes", "bf16"], ["--cpu-head-dims", "48"]):
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main(argv)
+        out = capsys.readouterr().out
+        assert exit_info.value.code == 1, out
+        assert "no case ran" in out and "all passed" not in out
+
+
+@pytest.mark.parametrize("argv", [["--e2e"], ["--px", "256"], ["--head-dims", "64"], ["--quick"],
+                                  ["--results=out"], ["--e2e-only", "--batch", "2"]])
+def test_gpu_flags_are_refused_on_the_cpu(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(argv, on_gpu=False)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert argv[0].split("=")[0] in err and "no CUDA device here" in err
+
+
+def test_cpu_flags_are_refused_on_a_gpu(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(["--cpu-head-dims", "16"], on_gpu=True)
+    assert exit_info.value.code == 2 and "--cpu-head-dims" in capsys.readouterr().err
+    assert bench.parse_args(["--px", "256", "--e2e"], on_gpu=True).e2e
+
+
+def test_every_flag_has_help_text():
+    for action in bench.build_parser()._actions:
+        assert action.help, f"{action.option_strings} has no help text"

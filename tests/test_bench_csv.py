@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from hmar_kernels import benchmark as bm
-from hmar_model.cli import bench
+from hmar_bench import harness as bm
+from hmar_bench import cli as bench
 
 
 def _row(backend="triton", fwd_ms=1.0, **changes):
@@ -90,8 +90,8 @@ def test_grid_has_every_backend_per_pattern_and_one_dense_row_per_shape():
         assert len(masked) == len(bm.PATTERNS) * (len(bm.SWEEP_BACKENDS) - 1)
 
 
-def test_useful_flops_match_the_pair_counts_of_kernel_targets():
-    # kernel_targets.md: 256 px diag 110,468 / causal 286,434 / dense 462,400 pairs; 1024 px 24,587,383 / ...
+def test_useful_flops_match_the_pair_counts_of_the_docs():
+    # docs/benchmarks.md: 256 px diag 110,468 / causal 286,434 / dense 462,400 pairs; 1024 px 24,587,383 / ...
     expected = {(256, "block_diagonal"): 110_468, (256, "block_causal"): 286_434, (256, "dense"): 462_400,
                 (1024, "block_diagonal"): 24_587_383, (1024, "block_causal"): 56_954_392,
                 (1024, "dense"): 89_321_401}

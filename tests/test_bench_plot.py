@@ -1,8 +1,8 @@
 """hmar-plot from small synthetic CSVs: speed-up arithmetic, headline table, figures, README update (CPU only)."""
 import pytest
 
-from hmar_kernels import benchmark as bm
-from hmar_model.cli import bench, plot
+from hmar_bench import harness as bm
+from hmar_bench import cli as bench, plot
 
 # Synthetic useful TFLOP/s per backend; times follow from the case's FLOPs, so every ratio below is known.
 RATES = {"triton": 300.0, "sdpa": 50.0, "flex": 150.0, "varlen": 200.0, bm.DENSE_BACKEND: 400.0}

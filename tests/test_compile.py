@@ -5,7 +5,7 @@ import torch
 import hmar_kernels
 from conftest import HAS_CUDA
 from hmar_kernels import ops
-from hmar_kernels.schedule import named_pattern_bits
+from hmar_kernels.tiles import named_pattern_bits
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 
@@ -25,7 +25,7 @@ class TinyAttention(torch.nn.Module):
         return out.transpose(1, 2).reshape(B, L, C)
 
 
-@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("backend", ["triton", "reference", "sdpa"])
 def test_compile_fullgraph_matches_eager(backend):
     torch.manual_seed(0)
     patch_nums = (1, 2, 3)

@@ -1,7 +1,6 @@
 """CUDA backend pieces that need no GPU: build flags, generated instantiations, problem() messages, the metadata
 tensors handed to the extension."""
 import importlib.util
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hmar_kernels import cuda
+from hmar_kernels.backends import cuda
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,16 +57,37 @@ def test_problem_says_how_to_build():
     assert "not built" in message and "HMAR_CUDA_JIT" in message
 
 
-def test_mask_tensors_follow_the_binding_order():
-    """The backends pass the TileMask tensors in the order of ext.fwd's arguments (csrc/api.cpp), and they are the
-    contiguous int32 tensors the binding checks."""
-    from hmar_kernels.schedule import TileMask, named_pattern_bits, tile_mask
+def test_forward_tables_are_packed_in_kernel_order():
+    """The forward's tables: one int32 buffer, every table 16-byte aligned, holding the TileMask's arrays in
+    KERNEL_FIELDS order and then the program table; the views the Triton kernels take are those tables."""
+    from hmar_kernels.tiles import FORWARD_TABLES, TileMask, forward_tables, launch_order, named_pattern_bits, tile_mask
 
-    binding = (ROOT / "csrc" / "api.cpp").read_text()
-    names = re.findall(r'py::arg\("(\w+)"\)', binding[binding.index('m.def("fwd"'):])
-    assert tuple(names[names.index("lse") + 1:names.index("programs")]) == TileMask.KERNEL_FIELDS
     pn = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-    mask = tile_mask(pn, named_pattern_bits("block_causal", len(pn)), 128, 128, torch.device("cpu"))
-    tensors = mask.kernel_tensors()
-    assert all(t.dtype == torch.int32 and t.is_contiguous() for t in tensors)
-    assert tensors[0].numel() == tensors[1].numel() == mask.length
+    bits = named_pattern_bits("block_causal", len(pn))
+    cpu = torch.device("cpu")
+    tables = forward_tables(pn, bits, 128, 128, 6, cpu)
+    mask = tile_mask(pn, bits, 128, 128, cpu)
+    assert FORWARD_TABLES == TileMask.KERNEL_FIELDS + ("programs",) and tuple(tables.offsets) == FORWARD_TABLES
+    assert tables.buffer.dtype == torch.int32 and tables.buffer.is_contiguous()
+    expected = [mask.host[name] for name in TileMask.KERNEL_FIELDS] + [launch_order([mask.visits], 6)]
+    for name, view, array in zip(FORWARD_TABLES, tables.tensors, expected):
+        start, size = tables.offsets[name], tables.sizes[name]
+        assert start % 4 == 0 and size == array.size, name
+        assert torch.equal(tables.buffer[start:start + size], torch.from_numpy(array.reshape(-1))), name
+        assert view.data_ptr() == tables.buffer.data_ptr() + 4 * start, name
+    assert tables.tensors[-1].shape == (tables.programs, 2) and tables.sizes["row_lo"] == mask.length
+
+
+@pytest.mark.skipif(cuda._extension()[0] is None, reason="needs the built CUDA extension (its bound structs)")
+def test_binding_structs_name_the_tables_python_packs():
+    """The extension's TileTables has a field per table Python packs (the binding takes structs, not positions),
+    and CudaForward / PlanSpec the fields Python sets."""
+    from hmar_kernels.tiles import FORWARD_TABLES
+
+    ext = cuda.module()
+    for name in (*FORWARD_TABLES, "buffer", "length", "row_tiles", "visits", "num_programs"):
+        assert hasattr(ext.TileTables(), name), name
+    for name in ("tables", "softmax_scale", "config", "num_ctas", "dynamic"):
+        assert hasattr(ext.CudaForward(), name), name
+    for name in ("triton_forward", "cuda_forward", "preprocess", "backward", "tables", "like", "poison"):
+        assert hasattr(ext.PlanSpec(), name), name

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from conftest import HAS_CUDA, REAL_SCHEDULES, check_close, pattern_of_kind, random_schedule
-from hmar_kernels import attention, cuda, kernel_options
+from hmar_kernels import attention, kernel_options
+from hmar_kernels.backends import cuda
 from hmar_kernels.api import _plan
 from hmar_kernels.options import CUDA_SCHEDULERS
-from hmar_kernels.schedule import named_pattern_bits
+from hmar_kernels.tiles import named_pattern_bits
 from test_triton import run_and_check
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import HAS_CUDA, REAL_SCHEDULES
-from hmar_kernels.schedule import dense_mask, named_pattern_bits
+from hmar_kernels.tiles import dense_mask, named_pattern_bits
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "e2e_fast.py"
 

@@ -1,4 +1,4 @@
-"""The kernel backends under the C++ autograd Function (hmar_kernels/native.py, csrc/native_attention.cpp): the
+"""The kernel backends under the C++ autograd Function (hmar_kernels/backends/native.py, csrc/native_attention.cpp): the
 path eager ``attention(..., backend="triton" or "cuda")`` takes on CUDA when the extension is built.
 
 Each case checks the output and all three gradients against the float64 reference (check_close's rule), with
@@ -12,14 +12,15 @@ import pytest
 import torch
 
 from conftest import HAS_CUDA, REAL_SCHEDULES, check_close, pattern_bits, pattern_of_kind, random_schedule
-from hmar_kernels import attention, cuda, kernel_options, ops
+from hmar_kernels import attention, kernel_options, ops
+from hmar_kernels.backends import cuda
 from hmar_kernels.reference import reference_attention
 
 
 def _problem():
     if not HAS_CUDA:
         return "needs a CUDA device (none found)"
-    from hmar_kernels import native
+    from hmar_kernels.backends import native
 
     return native._extension()[1]
 
@@ -105,7 +106,7 @@ def test_random_schedules_cuda(seed):
 @pytest.mark.parametrize("px", [256, 1024])
 @pytest.mark.parametrize("pattern", ["block_diagonal", "block_causal"])
 def test_real_schedules(backend, px, pattern):
-    from hmar_kernels.schedule import named_pattern_bits
+    from hmar_kernels.tiles import named_pattern_bits
 
     torch.manual_seed(px)
     pn = REAL_SCHEDULES[px]
@@ -138,7 +139,7 @@ def test_forward_without_grad_matches(backend, mode):
     context = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
     with context, kernel_options(poison_outputs=True):
         out = attention(q, k, v, pn, "block_causal", backend=backend)
-    from hmar_kernels.schedule import named_pattern_bits
+    from hmar_kernels.tiles import named_pattern_bits
 
     golden, _ = reference_attention(q.double(), k.double(), v.double(), pn, named_pattern_bits("block_causal", 10),
                                     64 ** -0.5)
@@ -156,7 +157,7 @@ def test_gradient_only_for_inputs_that_require_it():
     out = attention(leaf, k, v, pn, "block_causal", backend="triton")
     out.backward(dout)
     assert k.grad is None and v.grad is None
-    from hmar_kernels.schedule import named_pattern_bits
+    from hmar_kernels.tiles import named_pattern_bits
 
     bits = named_pattern_bits("block_causal", 4)
     golden_q = q.double().requires_grad_()
@@ -169,8 +170,8 @@ def test_gradient_only_for_inputs_that_require_it():
 def test_register_refuses_codes_that_do_not_match_the_kernel():
     """A parameter list that differs from the cubin's is refused at registration, never launched."""
     from hmar_kernels.api import _plan
-    from hmar_kernels import native
-    from hmar_kernels.triton import launch
+    from hmar_kernels.backends import native
+    from hmar_kernels.backends.triton import host as launch
 
     pn = (1, 2, 3)
     q, k, v = (torch.randn(1, 1, 14, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
@@ -181,18 +182,28 @@ def test_register_refuses_codes_that_do_not_match_the_kernel():
     kernel = call.compiled_kernel()
     slots = {id(t): i for i, t in enumerate((q, k, v, out, lse))}
     codes = native.param_codes(kernel, call, slots)
-    spec = native._launch_spec(kernel, call)
     ext = native._extension()[0]
-    good = [spec, spec, spec], [codes, codes, codes]
-    assert ext.register_plan(*good, list(call.tables.tensors), q, False, None) >= 0
+
+    def plan_with_backward(backward_codes):
+        plan = ext.PlanSpec()
+        plan.triton_forward = plan.preprocess = native.kernel_spec(ext, kernel, call, codes)
+        plan.backward = native.kernel_spec(ext, kernel, call, backward_codes)
+        plan.tables, plan.like, plan.poison = list(call.tables.tensors), q, False
+        return plan
+
+    assert ext.register_plan(plan_with_backward(codes)) >= 0
     for broken in (codes[:-1], codes + [[native.POINTER, 0]], [[native.INT64, 0]] + codes[1:]):
         with pytest.raises(ValueError, match="do not match the compiled kernel"):
-            ext.register_plan([spec] * 3, [codes, codes, broken], list(call.tables.tensors), q, False, None)
+            ext.register_plan(plan_with_backward(broken))
+    both = plan_with_backward(codes)
+    both.cuda_forward = ext.CudaForward()
+    with pytest.raises(ValueError, match="exactly one forward"):
+        ext.register_plan(both)
 
 
 def test_launch_hooks_route_calls_through_triton(monkeypatch):
     """With a profiler's launch hooks installed, calls go through Triton's launcher (which calls the hooks)."""
-    from hmar_kernels import native
+    from hmar_kernels.backends import native
 
     q, k, v = (torch.randn(1, 2, 14, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     assert "NativeAttention" in attention(q, k, v, (1, 2, 3), backend="triton").grad_fn.name()

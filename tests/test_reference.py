@@ -6,7 +6,7 @@ import torch
 from conftest import pattern_of_kind, random_schedule
 from hmar_kernels import attention
 from hmar_kernels.reference import reference_attention
-from hmar_kernels.schedule import dense_mask, named_pattern_bits
+from hmar_kernels.tiles import dense_mask, named_pattern_bits
 
 
 def dense_attention(q, k, v, mask, scale):

@@ -10,7 +10,7 @@ import torch
 from conftest import HAS_CUDA, check_close, pattern_bits, pattern_of_kind, random_schedule
 from hmar_kernels import kernel_options, ops
 from hmar_kernels.reference import reference_attention
-from hmar_kernels.schedule import named_pattern_bits
+from hmar_kernels.tiles import named_pattern_bits
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 DTYPES = [torch.float16, torch.float32] + ([torch.bfloat16] if HAS_CUDA else [])
@@ -93,7 +93,7 @@ def test_unattended_scale_gets_zero_key_gradients():
 @pytest.mark.parametrize("seed", range(3))
 def test_asymmetric_tiles(tiles, seed):
     """block_m ≠ block_n: the dK/dV programs walk the transposed pattern's TileMask with the roles swapped."""
-    from hmar_kernels.triton.tuning import BwdConfig, FwdConfig
+    from hmar_kernels.backends.triton.tuning import BwdConfig, FwdConfig
 
     rng = np.random.default_rng(50 + seed)
     torch.manual_seed(seed)

@@ -5,8 +5,8 @@ import torch
 from conftest import REAL_SCHEDULES, requires_cuda
 from hmar_kernels import attention, kernel_options
 from hmar_kernels.api import _plan
-from hmar_kernels.schedule import named_pattern_bits
-from hmar_kernels.triton import tuning
+from hmar_kernels.tiles import named_pattern_bits
+from hmar_kernels.backends.triton import tuning
 from test_triton import run_and_check
 
 pytestmark = [pytest.mark.gpu, requires_cuda]

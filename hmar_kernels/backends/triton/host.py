@@ -6,13 +6,13 @@ import math
 
 import torch
 
-from ..buffers import new_output, tma_ready
-from ..options import current_options
-from ..schedule import LaunchTables, forward_tables, launch_order, tile_mask, transpose_bits
+from ...buffers import new_output, tma_ready
+from ...options import current_options
+from ...tiles import LaunchTables, TileMask, forward_tables, launch_order, tile_mask, transpose_bits
 from . import tuning
 from .bwd import attn_bwd_kernel, bwd_preprocess_kernel
 from .fwd import attn_fwd_kernel
-from .launcher import CachedLaunch, KernelCall, descriptor
+from .cached_launch import CachedLaunch, KernelCall, descriptor
 
 PREPROCESS_BLOCK = 128
 LOG2E = math.log2(math.e)  # host copy of fwd.LOG2E, to fold into qk_scale
@@ -23,13 +23,15 @@ _preprocess = CachedLaunch(bwd_preprocess_kernel)
 
 @functools.lru_cache(maxsize=256)
 def _bwd_tables(patch_nums, row_bits, block_m, block_n, batch_heads, device) -> LaunchTables:
-    """Tensors of a backward launch: the transposed pattern's TileMask (rows = keys, for dK/dV), the forward's
-    (for dQ), and the program table: kind 0 = dK/dV of a key tile, kind 1 = dQ of a query tile; cached."""
+    """Tables of a backward launch, packed and cached: the transposed pattern's TileMask (rows = keys, for dK/dV),
+    the forward's (for dQ), and the program table: kind 0 = dK/dV of a key tile, kind 1 = dQ of a query tile."""
     keys = tile_mask(patch_nums, transpose_bits(row_bits), block_n, block_m, device)
     queries = tile_mask(patch_nums, row_bits, block_m, block_n, device)
+    tables = {f"{side}.{name}": mask.host[name] for side, mask in (("keys", keys), ("queries", queries))
+              for name in TileMask.KERNEL_FIELDS}
     # Cost of a program ∝ inner iterations × matmuls per iteration (dK/dV: 4, dQ: 3).
-    programs = torch.from_numpy(launch_order([4 * keys.visits, 3 * queries.visits], batch_heads)).to(device)
-    return LaunchTables((*keys.kernel_tensors(), *queries.kernel_tensors(), programs))
+    tables["programs"] = launch_order([4 * keys.visits, 3 * queries.visits], batch_heads)
+    return LaunchTables.packed(tables, device)
 
 
 def _dot_precision(dtype: torch.dtype) -> str:

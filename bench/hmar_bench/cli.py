@@ -5,9 +5,9 @@
     hmar-bench --px 1024 --backends triton      # refresh some rows: rows with the same key are replaced
     hmar-bench --results $OUT                   # write under $OUT/<gpu>/ instead of results/<gpu>/
 
-Every row is timed by hmar_kernels.benchmark twice: fwd_ms / fwdbwd_ms from an idle GPU (CUDA events, median
+Every row is timed by hmar_bench.harness twice: fwd_ms / fwdbwd_ms from an idle GPU (CUDA events, median
 after warm-up, rotated inputs, host overhead included), and *_steady_* back to back as triton.testing.do_bench
-(the methodology of the anchors in kernel_targets.md; host overhead hidden behind the previous call's GPU work).
+(the methodology of the anchors in docs/benchmarks.md; host overhead hidden behind the previous call's GPU work).
 max_rel_err is the largest relative error of out, dq, dk, dv against the fp32 reference. The
 "dense_fa" rows (pattern "dense") are SDPA FlashAttention with no mask, TFLOP/s over all L² pairs: the measured
 dense rate that the plots draw as the reference line. Backends that cannot run a case are skipped with one line
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from hmar_kernels import benchmark as bm
+from hmar_bench import harness as bm
 
 COLUMNS = ("device", "torch", "triton", "date", "commit", "px", "L", "B", "H", "D", "dtype", "pattern", "backend",
            "fwd_ms", "fwdbwd_ms", "fwd_tflops", "fwdbwd_tflops", "peak_mem_mb", "max_rel_err", "first_call_s",
@@ -45,9 +45,6 @@ E2E_KEY = ("bench", "model", "px", "B", "depth", "dtype", "backend")
 CPU_SCHEDULES = ((1, 2, 3, 4), (1, 2, 3, 5, 7))
 CPU_DTYPES = ("fp32", "fp16")
 CPU_BACKENDS = ("cuda", "triton", "varlen")
-# Triton 3.9's interpreter computes tl.dot of bf16 operands wrongly (a 16×16 bf16 dot is off by ~1e10), so a
-# bf16 check on CPU would test the interpreter, not the kernel.
-CPU_DTYPE_PROBLEMS = {"bf16": "the Triton interpreter's tl.dot is wrong for bf16 operands; check bf16 on a GPU"}
 
 # End-to-end benches (--e2e): model builders by kind. VAR trains with the block-causal mask, HMAR (next-scale
 # model for training, composite model with its default refinement schedule for sampling) with block-diagonal.
@@ -321,7 +318,7 @@ def cpu_sweep(args) -> int:
     device = torch.device("cpu")
     dtypes = args.dtypes or CPU_DTYPES
     backends = args.backends or CPU_BACKENDS
-    failed = 0
+    failed = ran = 0
     print(f"{'schedule':24s} {'pattern':15s} {'dtype':5s} {'D':>3s} {'backend':8s}  error/bound (out dq dk dv)")
     skipped = set()
     for patch_nums in CPU_SCHEDULES:
@@ -330,8 +327,7 @@ def cpu_sweep(args) -> int:
                 for head_dim in args.cpu_head_dims:
                     for backend in backends:
                         case = bm.AttentionCase(patch_nums, pattern, backend, dtype, 2, 3, head_dim)
-                        why = CPU_DTYPE_PROBLEMS.get(dtype) if backend == "triton" else None
-                        why = why or case.unavailable(device)
+                        why = case.unavailable(device)
                         if why:
                             if (backend, why) not in skipped:
                                 skipped.add((backend, why))
@@ -339,31 +335,64 @@ def cpu_sweep(args) -> int:
                             continue
                         ratios = bm.check_case(case, device)
                         ok = ratios["worst"] <= 1
+                        ran += 1
                         failed += not ok
                         print(f"{str(patch_nums):24s} {pattern:15s} {dtype:5s} {head_dim:3d} {backend:8s}  "
                               + " ".join(f"{ratios[n]:5.2f}" for n in ("out", "dq", "dk", "dv"))
                               + ("  ok" if ok else "  FAIL"), flush=True)
-    print(f"CPU correctness sweep: {'all passed' if not failed else f'{failed} case(s) FAILED'} "
+    if not ran:
+        print("CPU correctness sweep: no case ran (every backend was skipped, reasons above): nothing was checked")
+        return 1
+    verdict = f"all passed ({ran} cases)" if not failed else f"{failed} of {ran} case(s) FAILED"
+    print(f"CPU correctness sweep: {verdict} "
           "(error/bound ≤ 1 passes; bound = 2 × error of the reference in the same dtype + 2 × rounding)")
     return 1 if failed else 0
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="hmar-bench", description=__doc__,
+# Flags of the timed GPU sweep, refused by the CPU correctness sweep, and the other way round.
+GPU_ONLY_FLAGS = ("--px", "--head-dims", "--batch", "--heads", "--reps", "--warmup", "--quick", "--results",
+                  "--time-budget", "--fresh", "--no-plots", "--e2e", "--e2e-only", "--e2e-backends", "--e2e-depth")
+CPU_ONLY_FLAGS = ("--cpu-head-dims",)
+
+
+def parse_args(argv=None, on_gpu: bool | None = None):
+    """The flags. With ``on_gpu`` given (main: whether CUDA is available), a flag of the other mode (timed GPU
+    sweep or CPU correctness sweep) is an error (exit code 2), never silently ignored."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    misplaced = [] if on_gpu is None else [flag for flag in (CPU_ONLY_FLAGS if on_gpu else GPU_ONLY_FLAGS)
+                                           if any(token == flag or token.startswith(flag + "=") for token in given)]
+    if misplaced:
+        parser.error(f"{', '.join(misplaced)} only appl{'ies' if len(misplaced) == 1 else 'y'} to the "
+                     + ("CPU correctness sweep (no CUDA device)" if on_gpu else
+                        "timed GPU sweep; there is no CUDA device here, so hmar-bench runs the CPU correctness "
+                        "sweep (flags: --patterns --backends --dtypes --cpu-head-dims)"))
+    if args.reps is None:
+        args.reps = 5 if args.quick else 20
+    if args.warmup is None:
+        args.warmup = 1 if args.quick else 3
+    return args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hmar-bench", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--px", type=int, nargs="+", default=sorted(bm.SCHEDULES), choices=sorted(bm.SCHEDULES),
                         help="schedules by resolution (default: all)")
-    parser.add_argument("--patterns", nargs="+", default=list(bm.PATTERNS), choices=bm.PATTERNS)
+    parser.add_argument("--patterns", nargs="+", default=list(bm.PATTERNS), choices=bm.PATTERNS,
+                        help="scale-level masks (default: both)")
     parser.add_argument("--backends", nargs="+", default=None, choices=bm.SWEEP_BACKENDS,
                         help="ours (cuda, triton), the anchors (sdpa, flex, varlen) and the dense FlashAttention "
                              "rate (dense_fa); default: all on a GPU (unavailable ones are skipped with the "
                              "reason), cuda triton varlen in the CPU sweep")
     parser.add_argument("--dtypes", nargs="+", default=None, choices=sorted(bm.DTYPES),
                         help="default: bf16 fp16 on a GPU, fp32 fp16 in the CPU sweep")
-    parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128],
+                        help="head dims D of the GPU sweep (default: 64 128)")
+    parser.add_argument("--batch", type=int, default=4, help="batch size B (default 4)")
+    parser.add_argument("--heads", type=int, default=16, help="heads H (default 16)")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per measurement (default 20; "
                                                                  "5 with --quick)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 3; 1 with --quick)")
@@ -386,12 +415,7 @@ def parse_args(argv=None):
     parser.add_argument("--e2e-depth", type=int, default=16, help="model depth of the e2e benches (d16: D=64)")
     parser.add_argument("--cpu-head-dims", type=int, nargs="+", default=[32],
                         help="head dims of the CPU correctness sweep")
-    args = parser.parse_args(argv)
-    if args.reps is None:
-        args.reps = 5 if args.quick else 20
-    if args.warmup is None:
-        args.warmup = 1 if args.quick else 3
-    return args
+    return parser
 
 
 def _restart_with_interpreter(argv):
@@ -402,11 +426,11 @@ def _restart_with_interpreter(argv):
     """
     os.environ["TRITON_INTERPRET"] = "1"
     argv = sys.argv[1:] if argv is None else list(argv)
-    os.execv(sys.executable, [sys.executable, "-m", "hmar_model.cli.bench", *argv])
+    os.execv(sys.executable, [sys.executable, "-m", "hmar_bench.cli", *argv])
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = parse_args(argv, on_gpu=torch.cuda.is_available())
     if not torch.cuda.is_available():
         if os.environ.get("TRITON_INTERPRET") != "1":
             print("hmar-bench: no CUDA device here, so nothing is timed; running the CPU correctness sweep "

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from conftest import requires_cuda
-from hmar_kernels.schedule import LaunchTables
-from hmar_kernels.triton import launcher
+from hmar_kernels.tiles import LaunchTables
+from hmar_kernels.backends.triton import cached_launch as launcher
 
 
 class FakeCompiled:
@@ -91,7 +91,7 @@ def test_descriptor_matches_tensor_descriptor():
 def test_alternating_specialisations_stay_correct_on_gpu():
     """H = 1 is specialised by Triton as a constant: alternating H and L classes must recompile, not reuse."""
     from test_triton import run_and_check
-    from hmar_kernels.schedule import named_pattern_bits
+    from hmar_kernels.tiles import named_pattern_bits
 
     for pn, heads in [((1, 2, 3, 4), 4), ((1, 2, 3, 4), 1), ((2, 4), 4), ((1, 2, 3, 4), 4), ((2, 4), 1)]:
         torch.manual_seed(heads)

@@ -1,7 +1,7 @@
 """A thin launch path for Triton kernels: the compiled kernel is looked up once per specialisation, not per call.
 
 ``kernel[grid](*args)`` binds and specialises every argument on every call, then the C launcher calls
-``data_ptr()`` and ``cuPointerGetAttribute`` for every tensor. Measured on the device machine's CPU
+``data_ptr()`` and ``cuPointerGetAttribute`` for every tensor. Measured on an H100 host's CPU
 (bench/call_overhead.py, 256 px): 49 µs per forward launch against 20 µs for the compiled kernel's own ``run``.
 At 256 px that is more than the kernels take.
 
@@ -12,15 +12,15 @@ through Triton (compiling if needed). Tensor arguments are then passed as raw de
 """
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple
 
 import torch
 import triton
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from ..buffers import current_stream
-from ..schedule import LaunchTables
+from ...buffers import current_stream
+from ...notices import warn_once
+from ...tiles import LaunchTables
 
 _COMPILED_API = ("run", "function", "packed_metadata")
 
@@ -58,8 +58,6 @@ class CachedLaunch:
     ``constexprs`` gives in order.
     """
 
-    _warned = False
-
     def __init__(self, fn):
         self.fn = fn
         self.compiled: dict = {}
@@ -73,10 +71,9 @@ class CachedLaunch:
             kernel = self.fn[grid](*args, *table_tensors, *constexprs, num_warps=num_warps, num_stages=num_stages)
             if all(hasattr(kernel, name) for name in _COMPILED_API):
                 self.compiled[key] = kernel
-            elif kernel is not None and not CachedLaunch._warned:  # None: the interpreter ran it
-                CachedLaunch._warned = True
-                warnings.warn(f"triton {triton.__version__}: compiled kernels lack {_COMPILED_API}; every launch "
-                              "goes through kernel[grid] (~30 µs more host time per launch)")
+            elif kernel is not None:  # None: the interpreter ran it
+                warn_once(f"triton {triton.__version__}: compiled kernels lack {_COMPILED_API}; every launch "
+                          "goes through kernel[grid] (~30 µs more host time per launch)")
             return
         kernel.run(grid[0], grid[1], grid[2], current_stream(device), kernel.function, kernel.packed_metadata,
                    None, None, None, *run_args, *(tables.pointers if tables is not None else ()), *constexprs)

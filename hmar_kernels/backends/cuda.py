@@ -11,13 +11,15 @@ no Python loop over scales.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 
 import torch
 
-from .buffers import current_stream, new_output, tma_ready
-from .options import current_options
-from .schedule import LaunchTables, forward_tables
+from ..buffers import current_stream, new_output, tma_ready
+from ..options import current_options
+from ..resident import resident
+from ..tiles import FORWARD_TABLES, forward_tables
 
 JIT_ENV = "HMAR_CUDA_JIT"
 KERNEL_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -27,13 +29,12 @@ KERNEL_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 def _extension():
     """(module, None) when the extension is available, else (None, why not)."""
     try:
-        from . import _C  # built by setup.py when torch has CUDA and nvcc is found
-        return _C, None
+        return importlib.import_module("hmar_kernels._C"), None  # built by setup.py with a CUDA torch and nvcc
     except ImportError as error:
         not_built = error
     if os.environ.get(JIT_ENV, "0") == "1":
         try:
-            from . import _build
+            from .. import _build
             return _build.load_jit(verbose=os.environ.get("HMAR_CUDA_JIT_VERBOSE", "0") == "1"), None
         except Exception as error:  # a failed compile must not break the other backends: report it instead
             return None, f"the JIT build of the CUDA extension failed ({type(error).__name__}: {error})"
@@ -99,18 +100,35 @@ def _scheduler_counter(device: torch.device, stream: int):
     if counter is None:
         if torch.cuda.is_current_stream_capturing():
             return None
-        counter = _counters[key] = torch.zeros(2, dtype=torch.int32, device=device)
+        counter = _counters[key] = resident(lambda: torch.zeros(2, dtype=torch.int32, device=device), device)
     return counter
 
 
-def launch_setup(patch_nums, row_bits, shape, device) -> tuple[LaunchTables, int, int, bool]:
-    """What a forward launch reads besides its tensors, under the current kernel options: (tables, tile config,
-    grid size (0: one CTA per SM), whether it schedules dynamically). Shared with the C++ path (native.py)."""
+def launch_setup(patch_nums, row_bits, shape, device, softmax_scale: float):
+    """What a forward launch reads besides its tensors, under the current kernel options, as the extension's
+    CudaForward struct (csrc/api.h): packed tile tables, softmax scale, tile config, grid size (0: one CTA per SM),
+    whether it schedules dynamically. Built once per arguments; the C++ path (native.py) registers the same one."""
     options = current_options()
+    return _launch_setup(patch_nums, row_bits, tuple(shape), device, softmax_scale, options.cuda_fwd_config,
+                         options.cuda_scheduler)
+
+
+@functools.lru_cache(maxsize=256)
+def _launch_setup(patch_nums, row_bits, shape, device, softmax_scale, config, scheduler):
+    ext = module()
     B, H, L, D = shape
-    tables = forward_tables(patch_nums, row_bits, *fwd_tile(D, options.cuda_fwd_config), B * H, device)
-    num_ctas = tables.programs if options.cuda_scheduler == "grid" else 0
-    return tables, options.cuda_fwd_config, num_ctas, options.cuda_scheduler == "dynamic"
+    tables = forward_tables(patch_nums, row_bits, *fwd_tile(D, config), B * H, device)
+    packed = ext.TileTables()
+    packed.buffer = tables.buffer
+    for name in FORWARD_TABLES:
+        setattr(packed, name, tables.offsets[name])
+    packed.length, packed.row_tiles = tables.sizes["row_lo"], tables.sizes["row_start"]
+    packed.visits, packed.num_programs = tables.sizes["col_start"], tables.programs
+    args = ext.CudaForward()
+    args.tables, args.softmax_scale, args.config = packed, softmax_scale, config
+    args.num_ctas = tables.programs if scheduler == "grid" else 0
+    args.dynamic = scheduler == "dynamic"
+    return args
 
 
 def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], softmax_scale: float):
@@ -119,18 +137,18 @@ def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], sof
     ext = module()
     q, k, v = (tma_ready(t) for t in (q, k, v))
     B, H, L, D = q.shape
-    tables, config, num_ctas, dynamic = launch_setup(patch_nums, row_bits, q.shape, q.device)
+    args = launch_setup(patch_nums, row_bits, q.shape, q.device, softmax_scale)
     out = new_output((B, H, L, D), q.dtype, q.device)
     lse = new_output((B, H, L), torch.float32, q.device)
     stream = current_stream(q.device.index)
-    counter = _scheduler_counter(q.device, stream) if dynamic else None
-    ext.fwd(q, k, v, out, lse, *tables.tensors, softmax_scale, config, num_ctas, counter, stream)
+    counter = _scheduler_counter(q.device, stream) if args.dynamic else None
+    ext.fwd(q, k, v, out, lse, args, counter, stream)
     return out, lse
 
 
 def backward(dout, q, k, v, out, lse, patch_nums: tuple[int, ...], row_bits: tuple[int, ...],
              softmax_scale: float):
     """(dq, dk, dv): the Triton backward with this forward's LSE (same units), until the CUDA backward lands."""
-    from .triton import launch
+    from .triton import host as launch
 
     return launch.backward(dout, q, k, v, out, lse, patch_nums, row_bits, softmax_scale)

@@ -22,7 +22,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from hmar_kernels.benchmark import ANCHOR_BACKENDS, DENSE_BACKEND, OUR_BACKENDS, PATTERNS, SWEEP_BACKENDS  # noqa
+from hmar_bench.harness import ANCHOR_BACKENDS, DENSE_BACKEND, OUR_BACKENDS, PATTERNS, SWEEP_BACKENDS  # noqa
 
 TEXT_COLUMNS = ("device", "torch", "triton", "date", "commit")
 SHAPE = ["px", "B", "H", "D", "dtype"]  # with the device, what makes two rows comparable

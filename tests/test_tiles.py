@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import REAL_SCHEDULES, pattern_bits, pattern_of_kind, random_schedule
-from hmar_kernels.schedule import (allowed_pairs, bits_to_matrix, dense_mask, launch_order, named_pattern_bits,
+from hmar_kernels.tiles import (allowed_pairs, bits_to_matrix, dense_mask, launch_order, named_pattern_bits,
                                    tile_mask, transpose_bits)
 
 CPU = torch.device("cpu")
@@ -61,7 +61,7 @@ def test_allowed_pairs_of_real_schedules(px, diag, causal):
 @pytest.mark.parametrize("px,pattern,grid", [(256, "block_diagonal", 2.97), (256, "block_causal", 1.60),
                                             (1024, "block_diagonal", 1.094), (1024, "block_causal", 1.024)])
 def test_schedule_aligned_tiles_waste_less_than_a_global_grid(px, pattern, grid):
-    """Work/exact of 128×128 tiles on a global grid (kernel_targets.md) against ours, for both passes."""
+    """Work/exact of 128×128 tiles on a global grid (docs/benchmarks.md) against ours, for both passes."""
     pn = REAL_SCHEDULES[px]
     bits = named_pattern_bits(pattern, len(pn))
     for mask in (tile_mask(pn, bits, 128, 128, CPU), tile_mask(pn, transpose_bits(bits), 128, 128, CPU)):

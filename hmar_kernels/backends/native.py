@@ -9,8 +9,10 @@ forward is called from C++ too): no Python runs in the backward at all.
 A plan is built once per (backend, schedule, pattern, scale, shape, dtype, device, kernel options): the Python
 path runs one forward and backward (compiling and autotuning as usual), then each compiled Triton kernel's
 parameter list (read from Triton's signature) is turned into ParamCodes (csrc/triton_launch.h) that say where
-every parameter's value comes from, and registered with the extension, which checks them against the cubin's
-parameter sizes. Plans live as long as the process (a few hundred bytes each, plus the schedule tables they keep).
+every parameter's value comes from, and the kernels are registered as one PlanSpec (csrc/native_attention.h),
+which the extension checks against the cubins' parameter sizes; for backend "cuda" the PlanSpec holds the same
+CudaForward struct (packed tile tables and launch settings) that cuda.forward passes. Plans live as long as the
+process (a few hundred bytes each, plus the tile tables they keep).
 """
 from __future__ import annotations
 
@@ -20,11 +22,11 @@ import struct
 import torch
 
 from . import cuda
-from .api import _warn_once
-from .buffers import tma_ready
-from .options import current_options
-from .triton import launch
-from .triton.launcher import KernelCall, launch_hooks_set
+from ..buffers import tma_ready
+from ..notices import warn_once
+from ..options import current_options
+from .triton import host as launch
+from .triton.cached_launch import KernelCall, launch_hooks_set
 
 # The tensors a plan's kernels read, in csrc/triton_launch.h's Slot order.
 SLOTS = ("q", "k", "v", "out", "lse", "dout", "delta", "dq", "dk", "dv")
@@ -39,8 +41,8 @@ class Unsupported(Exception):
 
 def _extension():
     ext, why = cuda._extension()
-    if ext is not None and not hasattr(ext, "native_attention"):
-        return None, "the built CUDA extension predates the C++ launcher; rebuild it"
+    if ext is not None and not hasattr(ext, "PlanSpec"):
+        return None, "the built CUDA extension predates the C++ launcher's PlanSpec; rebuild it"
     return ext, why
 
 
@@ -80,18 +82,23 @@ def param_codes(kernel, call: KernelCall, slots: dict) -> list[list[int]]:
     return codes + [[POINTER, 0], [POINTER, 0]]  # global and profile scratch: none
 
 
-def _launch_spec(kernel, call: KernelCall) -> list[int]:
-    """(function, threads, shared bytes, grid) of a compiled kernel, refusing what the C++ launcher omits."""
+def kernel_spec(ext, kernel, call: KernelCall, codes: list) -> object:
+    """The extension's TritonKernelSpec of a compiled kernel (function, launch shape, parameter codes), refusing
+    what the C++ launcher omits."""
     meta = kernel.metadata
     for name, allowed in (("num_ctas", 1), ("global_scratch_size", 0), ("profile_scratch_size", 0),
                           ("launch_cooperative_grid", False), ("launch_pdl", False)):
         if getattr(meta, name, allowed) != allowed:
             raise Unsupported(f"{kernel.name}: {name} = {getattr(meta, name)}")
-    return [int(kernel.function), 32 * meta.num_warps, meta.shared, *call.grid]
+    spec = ext.TritonKernelSpec()
+    spec.function, spec.threads, spec.shared_bytes = int(kernel.function), 32 * meta.num_warps, meta.shared
+    spec.grid, spec.codes = list(call.grid), codes
+    return spec
 
 
 def _build(backend, q, k, v, patch_nums, row_bits, softmax_scale) -> int:
-    """Runs the Python path once on these inputs (compiling, autotuning) and registers its kernels; the plan id."""
+    """Runs the Python path once on these inputs (compiling, autotuning), then registers the kernels it ran
+    with the extension; the plan id."""
     ext, why = _extension()
     if ext is None:
         raise Unsupported(why)
@@ -101,30 +108,30 @@ def _build(backend, q, k, v, patch_nums, row_bits, softmax_scale) -> int:
     dout = torch.zeros_like(out)
     delta = torch.empty_like(lse)
     dq, dk, dv = launch.backward(dout, q, k, v, out, lse, patch_nums, row_bits, softmax_scale)
+    named = dict(q=q, k=k, v=v, out=out, lse=lse, dout=dout, delta=delta, dq=dq, dk=dk, dv=dv)
+    slots = {id(named[name]): slot for slot, name in enumerate(SLOTS)}
+
+    def spec_of(call: KernelCall):
+        kernel = call.compiled_kernel()
+        if kernel is None:
+            raise Unsupported(f"{call.launcher.fn.__name__} has no compiled kernel for these arguments")
+        return kernel_spec(ext, kernel, call, param_codes(kernel, call, slots))
+
     calls = [launch.preprocess_call(out, dout, delta),
              launch.bwd_call(launch.bwd_config(dout, q, k, v, lse, delta, dq, dk, dv, patch_nums, row_bits,
                                                softmax_scale),
                              dout, q, k, v, lse, delta, dq, dk, dv, patch_nums, row_bits, softmax_scale)]
+    plan = ext.PlanSpec()
+    plan.preprocess, plan.backward = spec_of(calls[0]), spec_of(calls[1])
     if backend == "triton":
-        calls.insert(0, launch.fwd_call(launch.fwd_config(q, k, v, out, lse, patch_nums, row_bits, softmax_scale),
-                                        q, k, v, out, lse, patch_nums, row_bits, softmax_scale))
-    named = dict(q=q, k=k, v=v, out=out, lse=lse, dout=dout, delta=delta, dq=dq, dk=dk, dv=dv)
-    slots = {id(named[name]): slot for slot, name in enumerate(SLOTS)}
-    launches, codes, tables = [], [], []
-    for call in calls:
-        kernel = call.compiled_kernel()
-        if kernel is None:
-            raise Unsupported(f"{call.launcher.fn.__name__} has no compiled kernel for these arguments")
-        launches.append(_launch_spec(kernel, call))
-        codes.append(param_codes(kernel, call, slots))
-        tables += call.tables.tensors if call.tables is not None else ()
-    cuda_forward = None
-    if backend == "cuda":  # the CUDA forward's arguments, as cuda.forward passes them
-        launches.insert(0, [])
-        codes.insert(0, [])
-        fwd_tables, config, num_ctas, dynamic = cuda.launch_setup(patch_nums, row_bits, q.shape, q.device)
-        cuda_forward = (list(fwd_tables.tensors), softmax_scale, config, num_ctas, dynamic)
-    return ext.register_plan(launches, codes, tables, q, current_options().poison_outputs, cuda_forward)
+        calls.append(launch.fwd_call(launch.fwd_config(q, k, v, out, lse, patch_nums, row_bits, softmax_scale),
+                                     q, k, v, out, lse, patch_nums, row_bits, softmax_scale))
+        plan.triton_forward = spec_of(calls[-1])
+    else:  # the CUDA forward's arguments: the very struct cuda.forward passes
+        plan.cuda_forward = cuda.launch_setup(patch_nums, row_bits, q.shape, q.device, softmax_scale)
+    plan.tables = [t for call in calls if call.tables is not None for t in call.tables.tensors]
+    plan.like, plan.poison = q, current_options().poison_outputs
+    return ext.register_plan(plan)
 
 
 _plans: dict = {}
@@ -145,7 +152,7 @@ def plan_id(backend: str, q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[
             plan = _build(backend, q, k, v, patch_nums, row_bits, softmax_scale)
         except (Unsupported, ValueError) as error:
             plan = None
-            _warn_once(f"backend {backend!r}: kernels launched from Python, because {error}; the backward then "
+            warn_once(f"backend {backend!r}: kernels launched from Python, because {error}; the backward then "
                        "runs Python in the autograd engine's thread (~200 µs more host time per fwd+bwd at 256 px)")
         _plans[key] = plan
     if plan is not None and launch_hooks_set():

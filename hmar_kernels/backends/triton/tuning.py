@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..options import current_options
+from ...options import current_options
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .schedule import PATCH_NUMS, allowed_pairs
+from hmar_kernels import tolerance
+from hmar_kernels.tiles import PATCH_NUMS, allowed_pairs
 
 FWD_BWD_FACTOR = 3.5  # backward = 2.5 × forward (5 matmuls instead of 2): fwd+bwd = 3.5 × forward
 
@@ -67,7 +68,7 @@ def time_cuda(call: Callable[[int], object], warmup: int = 3, reps: int = 20, wa
 
 def time_interleaved(calls: dict, rounds: int = 5, reps: int = 2) -> dict:
     """Median ms of each ``calls[name](i)``, timed by ``time_cuda`` in alternating rounds (all names once per
-    round), so that drift in host speed, which moves host-bound calls by ±20% within one loan of the device
+    round), so that drift in host speed, which moves host-bound calls by ±20% within minutes on one
     machine, hits every entry alike instead of whichever ran last."""
     times = {name: [] for name in calls}
     for _ in range(rounds):
@@ -78,7 +79,7 @@ def time_interleaved(calls: dict, rounds: int = 5, reps: int = 2) -> dict:
 
 def time_steady(call: Callable[[int], object], warmup_ms: float = 25.0, rep_ms: float = 100.0) -> float:
     """Median ms of ``call(i)`` timed as ``triton.testing.do_bench`` times (the methodology of the anchors in
-    kernel_targets.md): calls back to back with an L2 flush between them, so a call's host overhead overlaps the
+    docs/benchmarks.md): calls back to back with an L2 flush between them, so a call's host overhead overlaps the
     previous call's GPU work; what a training loop that keeps the GPU busy sees."""
     from triton.testing import do_bench
 
@@ -129,7 +130,7 @@ def fwd_call(attend: Callable, inputs: Sequence[tuple]) -> Callable[[int], objec
 SCHEDULES = PATCH_NUMS
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 PATTERNS = ("block_diagonal", "block_causal")
-# The measured dense FlashAttention rate (kernel_targets.md): SDPA's FlashAttention kernel, no mask, all L² pairs
+# The measured dense FlashAttention rate (docs/benchmarks.md): SDPA's FlashAttention kernel, no mask, all L² pairs
 # counted as useful. Its rows carry this backend and pattern so that they never mix with the masked backends.
 DENSE_BACKEND = "dense_fa"
 DENSE_PATTERN = "dense"
@@ -170,7 +171,7 @@ class AttentionCase:
         s = len(self.patch_nums)
         if self.pattern == DENSE_PATTERN:
             return ((1 << s) - 1,) * s
-        from .schedule import named_pattern_bits
+        from hmar_kernels.tiles import named_pattern_bits
 
         return named_pattern_bits(self.pattern, s)
 
@@ -193,7 +194,7 @@ class AttentionCase:
                 return f"{DENSE_BACKEND} (SDPA FlashAttention) needs CUDA bf16/fp16 tensors, got {self.dtype} on " \
                        f"{device.type}"
             return None
-        from .api import _plan
+        from hmar_kernels.api import _plan
 
         try:
             _plan(self.patch_nums, self.pattern, None, self.backend, device, self.torch_dtype, self.shape)
@@ -205,7 +206,7 @@ class AttentionCase:
         """``attend(q, k, v) -> out`` running this case's backend."""
         if self.backend == DENSE_BACKEND:
             return _dense_flash_attention
-        from .api import attention
+        from hmar_kernels.api import attention
 
         patch_nums, pattern, backend = self.patch_nums, self.pattern, self.backend
 
@@ -251,7 +252,7 @@ def reference_outputs(case: AttentionCase, inputs: tuple, dtype: torch.dtype = t
     Batch element 0 alone keeps the reference's L×L-sized intermediates small at 1024 px (the result is exact
     per batch element, so nothing is lost); kernels are then compared on that element of their full results.
     """
-    from .reference import reference_attention
+    from hmar_kernels.reference import reference_attention
 
     batch = slice(None) if whole_batch else slice(0, 1)
     q, k, v, dout = (t[batch].detach().to(dtype) for t in inputs)
@@ -277,18 +278,10 @@ def max_error_vs(results: Sequence[torch.Tensor], reference: Sequence[torch.Tens
 
 
 def error_bound(out: torch.Tensor, golden: torch.Tensor, baseline: torch.Tensor) -> tuple[float, float]:
-    """(error, bound) of the tests' tolerance rule: error ≤ 2 × baseline error + 2 × rounding noise.
-
-    golden: the reference in float64; baseline: the reference in out's dtype; rounding noise: what storing the
-    golden result in out's dtype costs. NaN or inf in ``out`` gives an infinite error.
-    """
-    golden = golden.double()
-    if not torch.isfinite(out).all():
-        return float("inf"), 0.0
-    error = (out.double() - golden).abs().max().item()
-    baseline_error = (baseline.double() - golden).abs().max().item()
-    rounding = (golden.to(out.dtype).double() - golden).abs().max().item()
-    return error, 2 * baseline_error + 2 * rounding + 1e-12
+    """(error, bound) of hmar_kernels.tolerance's rule, without its fp32 floor (the sweep holds kernels to the
+    stricter bound; the tests add the floor). NaN or inf in ``out`` gives an infinite error and a zero bound."""
+    check = tolerance.error_bound(out, golden, baseline, floor_ulps=0)
+    return (check.error, check.bound) if check.error != float("inf") else (check.error, 0.0)
 
 
 def synchronize(device):

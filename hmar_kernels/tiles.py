@@ -1,4 +1,10 @@
-"""Multi-scale schedules, scale-level patterns and tile metadata: the mask as data.
+"""Tile metadata, with the schedules and scale-level patterns it is built from: the mask as data.
+
+Words, as the kernel layer uses them: a *schedule* is ``patch_nums``; a *pattern* is the scale-level S×S
+boolean matrix (or its row bitmasks ``row_bits``); a ``TileMask`` is the per-tile lists the kernels walk; the
+*dense mask* is the (L, L) boolean matrix the sdpa anchor and the tests use; inside a kernel, *visible* columns are
+those a partial tile lets through. (The models' "refinement schedule" and "edit mask" are other things:
+hmar_model.)
 
 A schedule is the tuple ``patch_nums = (p_0, ..., p_{S-1})``: scale i holds n_i = p_i² tokens at positions
 [start_i, start_i + n_i) of a sequence of L = Σ n_i tokens (row-major inside a scale).
@@ -26,6 +32,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
+from .resident import host_to_device, resident
 
 # Patterns travel as int32 bitmasks (one per scale) through the API and its caches.
 MAX_SCALES = 31
@@ -154,12 +162,8 @@ class TileMask:
     col_start: torch.Tensor
     col_end: torch.Tensor
 
-    # The device tensors in the order every kernel takes them (Triton kernels, csrc/api.cpp's fwd).
+    # The tables in the order every kernel takes them (Triton kernels; csrc/api.h's TileTables names them).
     KERNEL_FIELDS = ("row_lo", "row_hi", "row_start", "row_end", "col_offsets", "col_num_full", "col_start", "col_end")
-
-    def kernel_tensors(self) -> tuple[torch.Tensor, ...]:
-        """The device tensors, in KERNEL_FIELDS order."""
-        return tuple(getattr(self, name) for name in self.KERNEL_FIELDS)
 
     @property
     def num_tiles(self) -> int:
@@ -275,28 +279,61 @@ def tile_mask(patch_nums: tuple[int, ...], row_bits: tuple[int, ...], block_m: i
     ``tile_mask(patch_nums, transpose_bits(row_bits), block_n, block_m, device)``: its rows are keys."""
     host = _tile_lists(patch_nums, row_bits, block_m, block_n)
     # Empty lists still get one entry, so that every tensor has a valid data pointer.
-    dev = {name: torch.from_numpy(a if a.size else np.zeros(1, np.int32)).to(device) for name, a in host.items()}
+    dev = resident(lambda: {name: torch.from_numpy(a if a.size else np.zeros(1, np.int32)).to(device)
+                            for name, a in host.items()}, device)
     return TileMask(patch_nums=patch_nums, row_bits=row_bits, block_m=block_m, block_n=block_n, device=device,
                     length=int(sum(p * p for p in patch_nums)), host=host, **dev)
 
 
 class LaunchTables:
-    """The device tables one launch reads: TileMask tensors, then the program table (last), with their raw
-    pointers (the Triton launcher passes those instead of the tensors). int32, freshly allocated, so aligned."""
+    """The device tables one launch reads, in the order its kernel takes them (TileMask tables, then the program
+    table, last), with their raw pointers (the Triton launcher passes those instead of the tensors).
 
-    def __init__(self, tensors: Sequence[torch.Tensor]):
+    Built with ``packed``, the tables are views of one int32 ``buffer``, each starting 16-byte aligned, and
+    ``offsets`` / ``sizes`` give each table's first entry and entry count by name: what the CUDA forward's binding
+    takes (csrc/api.h, TileTables).
+    """
+
+    ALIGN = 4  # int32 entries per 16 bytes: every table starts 16-byte aligned (Triton specialises on it)
+
+    def __init__(self, tensors: Sequence[torch.Tensor], buffer: torch.Tensor | None = None,
+                 offsets: dict | None = None, sizes: dict | None = None):
         self.tensors = tuple(tensors)
         self.pointers = tuple(t.data_ptr() for t in self.tensors)
         self.programs = self.tensors[-1].shape[0]  # rows of the program table: the grid size
+        self.buffer, self.offsets, self.sizes = buffer, offsets, sizes
+
+    @classmethod
+    def packed(cls, tables: dict, device: torch.device) -> "LaunchTables":
+        """One resident int32 buffer holding ``tables`` (name → numpy array, in kernel order); an empty table
+        still gets a valid pointer (to zeros)."""
+        offsets, sizes, pieces, at = {}, {}, [], 0
+        for name, array in tables.items():
+            flat = np.ascontiguousarray(array, dtype=np.int32).reshape(-1)
+            offsets[name], sizes[name] = at, flat.size
+            piece = np.zeros(-(-max(flat.size, 1) // cls.ALIGN) * cls.ALIGN, dtype=np.int32)
+            piece[:flat.size] = flat
+            pieces.append(piece)
+            at += piece.size
+        buffer = host_to_device(np.concatenate(pieces), device)
+        views = [buffer.narrow(0, offsets[name], max(sizes[name], 1)) for name in tables]
+        views[-1] = views[-1].view(-1, *np.shape(tables[next(reversed(tables))])[1:])  # (P, 2) program table
+        return cls(views, buffer, offsets, sizes)
+
+
+# The tables of a forward launch, in kernel order (both backends; csrc/api.h's TileTables names the same fields).
+FORWARD_TABLES = TileMask.KERNEL_FIELDS + ("programs",)
 
 
 @functools.lru_cache(maxsize=256)
 def forward_tables(patch_nums: tuple[int, ...], row_bits: tuple[int, ...], block_m: int, block_n: int,
                    batch_heads: int, device: torch.device) -> LaunchTables:
-    """The tables a forward launch reads (both backends), cached: the TileMask's ``kernel_tensors()``, then the
+    """The tables a forward launch reads (both backends), packed and cached: the TileMask's tables, then the
     program table of ``launch_order`` over its row tiles."""
     mask = tile_mask(patch_nums, row_bits, block_m, block_n, device)
-    return LaunchTables((*mask.kernel_tensors(), torch.from_numpy(launch_order([mask.visits], batch_heads)).to(device)))
+    tables = {name: mask.host[name] for name in TileMask.KERNEL_FIELDS}
+    tables["programs"] = launch_order([mask.visits], batch_heads)
+    return LaunchTables.packed(tables, device)
 
 
 def launch_order(works: Sequence[np.ndarray], batch_heads: int) -> np.ndarray:

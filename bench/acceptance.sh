@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# GPU checks of the kernel layer in one command, on any CUDA machine, from the repository root:
+#
+#   bash bench/acceptance.sh                      # build test overhead bench (the default stages)
+#   bash bench/acceptance.sh build smoke sanitize # any stages, in the order given
+#   TREES="old ." bash bench/acceptance.sh overhead bench   # the same stages in two source trees, one after the
+#                                                           # other (before/after a change, on one machine)
+#
+# A tree is any directory holding a checkout, e.g. the commit before a change, unpacked next to this one:
+#   mkdir -p old && git archive <commit> | tar -x -C old
+# Needs: a CUDA torch, triton, pytest, pandas, and the CUTLASS headers for the CUDA extension
+# (pip install nvidia-cutlass==4.2.0.0). Without an installed build of hmar_kernels._C the extension is compiled
+# on first use (HMAR_CUDA_JIT=1, about a minute on 16 cores, cached in TORCH_EXTENSIONS_DIR).
+#
+# PYTHON picks the interpreter (default python3).
+# Stages (each bounded by its share of BUDGET seconds, default 570; logs go to $OUT, default ./acceptance-out):
+#   build     import (JIT-building if needed) the CUDA extension; "$PY" -m hmar_kernels says what can run
+#   smoke     bench/cuda_sanitize.py: three small CUDA-forward cases against float64
+#   test      the kernel layer's GPU tests: CUDA graphs, the C++ autograd path, Triton, CUDA forward, compile
+#   overhead  bench/call_overhead.py at 256 px: host and wall time of one fwd+bwd per path
+#   bench     hmar-bench rows at 256 and 1024 px (bf16, D = 64, every backend) → $OUT/<tree>/results/
+#   cudafwd   bench/cuda_fwd.py: the CUDA forward's tile configs and schedulers → $OUT/<tree>/cuda_fwd.csv
+#   sanitize  compute-sanitizer memcheck, racecheck and synccheck on the smoke cases (our kernel only)
+# Exit code: 0 when every stage that ran passed.
+set -uo pipefail
+START=$(date +%s)
+BUDGET=${BUDGET:-570}
+OUT=$(realpath -m "${OUT:-acceptance-out}")
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/torch_extensions}
+PY=${PYTHON:-python3}  # the interpreter with torch
+STAGES=("$@")
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(build test overhead bench)
+FAILED=0
+
+log() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/summary.txt"; }
+left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+# seconds a stage may take: what it asks for, or what is left of the budget
+limit() { local l; l=$(left); [ "$1" -lt "$l" ] && echo "$1" || echo $(( l > 5 ? l - 5 : 1 )); }
+# run NAME SECONDS COMMAND...: COMMAND's output to $OUT/$TREE_NAME/NAME.log, its result to the summary
+run() {
+    local name=$1 seconds=$2 t rc
+    shift 2
+    t=$(date +%s)
+    timeout "$(limit "$seconds")" "$@" > "$LOGS/$name.log" 2>&1
+    rc=$?
+    log "$TREE_NAME $name: rc=$rc in $(( $(date +%s) - t )) s: $(tail -1 "$LOGS/$name.log")"
+    [ $rc -eq 0 ] || FAILED=1
+    return $rc
+}
+
+{ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
+  "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } \
+    > "$OUT/summary.txt" 2>&1
+ROOT=$PWD
+for TREE in ${TREES:-.}; do
+    cd "$ROOT/$TREE" || { log "no tree $TREE"; FAILED=1; continue; }
+    TREE_NAME=$(basename "$(realpath "$TREE")")
+    [ "$TREE" = "." ] && TREE_NAME=this
+    LOGS=$OUT/$TREE_NAME
+    mkdir -p "$LOGS"
+    export PYTHONPATH=$PWD:$PWD/bench HMAR_GIT_COMMIT=${HMAR_GIT_COMMIT:-$TREE_NAME}
+    "$PY" -c "import hmar_kernels._C" 2>/dev/null || export HMAR_CUDA_JIT=1
+    # hmar-bench's module: hmar_bench.cli, or hmar_model.cli.bench in trees from before the bench package
+    BENCH_CLI=hmar_bench.cli
+    [ -d bench/hmar_bench ] || BENCH_CLI=hmar_model.cli.bench
+    for stage in "${STAGES[@]}"; do
+        case $stage in
+        build)
+            run build 300 "$PY" -c "
+import torch, hmar_kernels
+from hmar_kernels.api import _cuda_problem
+problem = _cuda_problem(torch.device('cuda', 0), torch.bfloat16, 64)
+print(problem or 'backend cuda: ok')
+raise SystemExit(1 if problem else 0)"
+            [ -f hmar_kernels/__main__.py ] && "$PY" -m hmar_kernels >> "$LOGS/build.log" 2>&1
+            ;;
+        smoke) run smoke 120 "$PY" bench/cuda_sanitize.py ;;
+        test)
+            tests=$(ls tests/test_graphs.py tests/test_native.py tests/test_triton_gpu.py tests/test_cuda_fwd.py \
+                tests/test_compile.py tests/test_api_errors.py tests/test_options.py 2>/dev/null)
+            run test 360 "$PY" -m pytest -q -p no:cacheprovider -rfs $tests
+            ;;
+        overhead) run overhead 120 "$PY" bench/call_overhead.py --px 256 ;;
+        bench)
+            run bench 300 "$PY" -m "$BENCH_CLI" --px 256 1024 --dtypes bf16 --head-dims 64 --no-plots \
+                --time-budget 170 --results "$LOGS/results"
+            ;;
+        cudafwd) run cudafwd 200 "$PY" bench/cuda_fwd.py --out "$LOGS/cuda_fwd.csv" ;;
+        sanitize)
+            for tool in memcheck racecheck synccheck; do
+                # only our kernel is instrumented (kns: kernel-name substring); torch's kernels run plain
+                run "sanitize_$tool" 120 compute-sanitizer --tool $tool --kernel-name kns=fwd_kernel_sm90 \
+                    --print-limit 20 "$PY" bench/cuda_sanitize.py
+            done
+            ;;
+        *) log "unknown stage $stage (stages: build smoke test overhead bench cudafwd sanitize)"; FAILED=1 ;;
+        esac
+    done
+done
+cd "$ROOT"
+echo "=== summary ($OUT) ==="
+cat "$OUT/summary.txt"
+exit $FAILED

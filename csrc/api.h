@@ -1,0 +1,46 @@
+// The C++ forward API of the CUDA kernels (api.cpp): torch tensors in, FwdParams filled, the dispatcher called.
+// Python reaches it through bindings.cpp; the C++ autograd path (native_attention.cpp) calls it directly.
+// Only CPU-side torch headers (CI syntax-checks it against a CPU torch).
+#pragma once
+
+#include <torch/extension.h>
+
+#include <optional>
+#include <tuple>
+
+namespace hmar {
+
+// The tile tables of one launch, packed into one int32 buffer (hmar_kernels.tiles.LaunchTables): the offset of
+// each table in elements, and the sizes the tables must agree with. Each table starts 16-byte aligned.
+struct TileTables {
+    at::Tensor buffer;  // (N,) int32, contiguous, on the device of q
+    int64_t row_lo = 0, row_hi = 0;  // (L,) each
+    int64_t row_start = 0, row_end = 0, col_num_full = 0;  // (T,) each
+    int64_t col_offsets = 0;  // (T + 1,)
+    int64_t col_start = 0, col_end = 0;  // (visits,) each
+    int64_t programs = 0;  // (num_programs, 2)
+    int64_t length = 0, row_tiles = 0, visits = 0, num_programs = 0;  // L, T, visits, program rows
+};
+
+// Everything a CUDA forward launch reads besides q, k, v, out and lse, fixed per (schedule, pattern, shape,
+// options): built once by hmar_kernels.backends.cuda.launch_setup.
+struct CudaForward {
+    TileTables tables;  // built with fwd_tile(D, config)
+    double softmax_scale = 0;
+    int64_t config = 0;    // row of csrc/tile_size.h's fwd_tile_sm90 table
+    int64_t num_ctas = 0;  // grid size; 0: one CTA per SM
+    bool dynamic = true;   // dynamic scheduling: the caller passes a counter per stream
+};
+
+// q, k, v, out: (B, H, L, D) bf16/fp16 on an sm90 GPU; lse: (B, H, L) fp32 contiguous. counter: 2 zeroed int32
+// for dynamic scheduling, owned by the caller per stream (the kernel leaves them zero), or none for static
+// striding. stream: the current cudaStream_t as an integer. Writes out and lse.
+void fwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor& out, at::Tensor& lse,
+         CudaForward const& args, std::optional<at::Tensor> const& counter, int64_t stream);
+
+// (block_m, block_n) of the forward tile (Python builds the TileMask with it).
+std::tuple<int64_t, int64_t> fwd_tile(int64_t head_dim, int64_t config);
+
+int64_t sm_count(int64_t device);
+
+}  // namespace hmar

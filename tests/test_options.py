@@ -1,0 +1,70 @@
+"""Kernel options: per call or per block, per thread; a backward runs with its forward's options; and
+``python -m hmar_kernels`` reports the backends."""
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import torch
+
+from hmar_kernels import KernelOptions, attention, current_options, kernel_options
+from hmar_kernels.backends.triton import host as launch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _recording(monkeypatch):
+    seen = {}
+    forward, backward = launch.forward, launch.backward
+
+    def recording_forward(*args):
+        seen["forward"] = current_options()
+        return forward(*args)
+
+    def recording_backward(*args):
+        seen["backward"] = current_options()
+        return backward(*args)
+
+    monkeypatch.setattr(launch, "forward", recording_forward)
+    monkeypatch.setattr(launch, "backward", recording_backward)
+    return seen
+
+
+def test_per_call_options_reach_forward_and_backward(monkeypatch):
+    seen = _recording(monkeypatch)
+    options = KernelOptions(poison_outputs=True, autotune=False)
+    q, k, v = (torch.randn(1, 2, 14, 16, requires_grad=True) for _ in range(3))
+    out = attention(q, k, v, (1, 2, 3), backend="triton", options=options)
+    assert current_options() != options  # only for that call
+    out.sum().backward()  # the autograd engine may run it on another thread
+    assert seen["forward"] is options and seen["backward"] is options
+
+
+def test_block_options_hold_for_the_backward_outside_the_block(monkeypatch):
+    seen = _recording(monkeypatch)
+    q, k, v = (torch.randn(1, 2, 14, 16, requires_grad=True) for _ in range(3))
+    with kernel_options(poison_outputs=True) as options:
+        out = attention(q, k, v, (1, 2, 3), backend="triton")
+    out.sum().backward()
+    assert seen["backward"] is options
+
+
+def test_kernel_options_are_per_thread():
+    seen = []
+    with kernel_options(cuda_scheduler="static"):
+        thread = threading.Thread(target=lambda: seen.append(current_options().cuda_scheduler))
+        thread.start()
+        thread.join()
+        assert current_options().cuda_scheduler == "static"
+    assert seen == ["dynamic"]
+
+
+def test_module_main_reports_every_backend():
+    result = subprocess.run([sys.executable, "-m", "hmar_kernels"], capture_output=True, text=True, cwd=ROOT,
+                            check=True)
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("CUDA extension: ") for line in lines), result.stdout
+    for backend in ("cuda", "triton", "reference", "sdpa", "flex", "varlen"):
+        assert any(line.split()[:1] == [backend] for line in lines), f"{backend} missing:\n{result.stdout}"
+    if not torch.cuda.is_available():
+        assert "needs CUDA tensors" in result.stdout
