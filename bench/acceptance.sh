@@ -18,7 +18,8 @@
 #   smoke     bench/cuda_sanitize.py: three small CUDA-forward cases against float64
 #   test      the kernel layer's GPU tests: CUDA graphs, the C++ autograd path, Triton, CUDA forward, compile
 #   overhead  bench/call_overhead.py at 256 px: host and wall time of one fwd+bwd per path
-#   bench     hmar-bench rows at 256 and 1024 px (bf16, D = 64, every backend) → $OUT/<tree>/results/
+#   bench     hmar-bench rows at 256 and 1024 px (bf16, D = 64, every backend; BENCH_BUDGET s, default 170)
+#             → $OUT/<tree>/results/
 #   cudafwd   bench/cuda_fwd.py: the CUDA forward's tile configs and schedulers → $OUT/<tree>/cuda_fwd.csv
 #   sanitize  compute-sanitizer memcheck, racecheck and synccheck on the smoke cases (our kernel only)
 # Exit code: 0 when every stage that ran passed.
@@ -84,7 +85,7 @@ raise SystemExit(1 if problem else 0)"
         overhead) run overhead 120 "$PY" bench/call_overhead.py --px 256 ;;
         bench)
             run bench 300 "$PY" -m "$BENCH_CLI" --px 256 1024 --dtypes bf16 --head-dims 64 --no-plots \
-                --time-budget 170 --results "$LOGS/results"
+                --time-budget "${BENCH_BUDGET:-170}" --results "$LOGS/results"
             ;;
         cudafwd) run cudafwd 200 "$PY" bench/cuda_fwd.py --out "$LOGS/cuda_fwd.csv" ;;
         sanitize)
