@@ -60,7 +60,7 @@ for TREE in ${TREES:-.}; do
     [ "$TREE" = "." ] && TREE_NAME=this
     LOGS=$OUT/$TREE_NAME
     mkdir -p "$LOGS"
-    export PYTHONPATH=$PWD:$PWD/bench HMAR_GIT_COMMIT=${HMAR_GIT_COMMIT:-$TREE_NAME}
+    export PYTHONPATH=$PWD:$PWD/bench HMAR_GIT_COMMIT=$TREE_NAME  # rows name their tree (set per tree, never inherited)
     "$PY" -c "import hmar_kernels._C" 2>/dev/null || export HMAR_CUDA_JIT=1
     # hmar-bench's module: hmar_bench.cli, or hmar_model.cli.bench in trees from before the bench package
     BENCH_CLI=hmar_bench.cli
