@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import importlib.util
 import os
 import subprocess
 import sys
@@ -30,6 +31,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+MISSING = [m for m in ("scipy", "tqdm", "triton") if importlib.util.find_spec(m) is None]
+if MISSING:
+    sys.exit(f"eval_gpu.py: missing packages {MISSING}: pip install {' '.join(MISSING)}")
 
 from hmar_model import PATCH_NUMS, build_hmar, build_vqvae  # noqa: E402
 from hmar_model.eval.features import extract_features  # noqa: E402
