@@ -10,8 +10,9 @@ batch size gives other (equally valid) random draws; every batch's images depend
 how many processes ran or whether the run was resumed.
 
 Resumable: each finished batch is written atomically to ``X.shards/batch_XXXXXX.npy`` (for ``out`` = ``X.npz``);
-a rerun with the same settings skips them (other settings are refused). Under ``torchrun`` rank r of w takes batches r, r + w, …; rank 0
-joins the shards into ``out`` once all ranks are done and removes the shard folder (unless ``keep_shards``).
+a rerun with the same settings skips them (other settings are refused). Under ``torchrun`` rank r of w takes
+batches r, r + w, …; rank 0 joins the shards into ``out`` once all ranks are done and removes the shard folder
+(unless ``keep_shards``).
 """
 from __future__ import annotations
 
