@@ -3,11 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-from hmar_model.eval import generate as gen
-from hmar_model.eval.features import extract_features
-from hmar_model.eval.inception import random_inception
-from hmar_model.eval.metrics import precision_recall
-from hmar_model.tiny import randomize_, tiny_transformer, tiny_vqvae
+pytest.importorskip("scipy", reason="hmar_model.eval needs scipy")
+pytest.importorskip("tqdm", reason="hmar_model.eval needs tqdm")
+
+from hmar_model.eval import generate as gen  # noqa: E402
+from hmar_model.eval.features import extract_features  # noqa: E402
+from hmar_model.eval.inception import random_inception  # noqa: E402
+from hmar_model.eval.metrics import precision_recall  # noqa: E402
+from hmar_model.tiny import randomize_, tiny_transformer, tiny_vqvae  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
