@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import importlib.util
 import os
 import subprocess
 import sys
@@ -30,6 +31,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+MISSING = [m for m in ("scipy", "tqdm", "triton") if importlib.util.find_spec(m) is None]
+if MISSING:
+    sys.exit(f"eval_gpu.py: missing packages {MISSING}: pip install {' '.join(MISSING)}")
 
 from hmar_model import PATCH_NUMS, build_hmar, build_vqvae  # noqa: E402
 from hmar_model.eval.features import extract_features  # noqa: E402
@@ -137,8 +141,14 @@ def bench_metrics(args, table: Csv, device):
     px, n = (256, args.feature_images) if not args.smoke else (32, 8)
     rng = np.random.default_rng(0)
     pool = rng.integers(0, 256, size=(min(n, 2000), px, px, 3), dtype=np.uint8)  # host memory, re-used
-    batches = lambda total: (pool[(i % len(pool)):(i % len(pool)) + min(args.feature_batch, total - i)]  # noqa
-                             for i in range(0, total, args.feature_batch))
+
+    def batches(total):
+        """``total`` images in batches cut from the pool (full batches wrap around to its start)."""
+        for i in range(0, total, args.feature_batch):
+            size = min(args.feature_batch, total - i, len(pool))
+            start = i % len(pool) if i % len(pool) + size <= len(pool) else 0
+            yield pool[start:start + size]
+
     extract_features(batches(min(n, 2 * args.feature_batch)), net, progress=False)  # warm-up (cuDNN plans)
     sync(device)
     start = time.perf_counter()

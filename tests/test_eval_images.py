@@ -128,3 +128,19 @@ def test_tf1_resize_known_values_and_identity():
     assert resize_bilinear_tf1(x.expand(1, 1, 2, 2), 4)[0, 0, 0].tolist() == [0.0, 50.0, 100.0, 100.0]
     y = torch.rand(1, 3, 299, 299)
     assert resize_bilinear_tf1(y) is y
+
+
+def test_statistics_only_files_give_fid_without_the_network(tmp_path):
+    from hmar_model.eval.evaluate import evaluate
+    from hmar_model.eval.metrics import frechet_distance
+
+    rng = np.random.default_rng()
+    stats = []
+    for name in ("a", "b"):
+        x = rng.normal(size=(40, 6))
+        stats.append((x.mean(0), np.cov(x.T)))
+        np.savez(tmp_path / f"{name}.npz", mu=stats[-1][0], sigma=stats[-1][1])
+    result = evaluate(tmp_path / "a.npz", tmp_path / "b.npz", inception=tmp_path / "never-loaded.pt")
+    assert result["fid"] == pytest.approx(frechet_distance(*stats[0], *stats[1]), rel=1e-12)
+    assert result["sfid"] is None and result["precision"] is None and result["inception_score"] is None
+    assert any("precision/recall need images" in note for note in result["notes"])

@@ -11,7 +11,7 @@ def random_features(rng, n, d, shift=0.0, scale=1.0):
 
 
 def fid_by_eigenvalues(f1, f2):
-    """Independent FID: Tr (Σ1 Σ2)^½ = Σ sqrt(eig(Σ1^½ Σ2 Σ1^½)), with Σ1^½ from a symmetric eigendecomposition."""
+    """Independent FID, Tr (Σ1 Σ2)^½ = Σ sqrt(eig(Σ1^½ Σ2 Σ1^½)); Σ1^½ by a symmetric eigendecomposition."""
     mu1, mu2 = f1.mean(0), f2.mean(0)
     s1, s2 = np.cov(f1.T), np.cov(f2.T)
     w, v = np.linalg.eigh(s1)

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(gen)
     for action in gen._actions:  # the shared option's help speaks of hmar-sample's PNG grid
         if action.dest == "out":
-            action.help = "output .npz (arr_0 uint8 N×H×W×3, arr_1 labels); shards go to <out>.shards/"
+            action.help = "output .npz (arr_0 uint8 N×H×W×3, arr_1 labels); batches go to X.shards/ for X.npz"
     s = gen.add_argument_group("sample set")
     s.add_argument("--per-class", type=int, default=50, help="images per class (50 → 50,000 for ImageNet)")
     s.add_argument("--classes", type=int, nargs="+", default=None, help="only these classes (default: all)")
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--more-smooth", action="store_true", help="Gumbel-smoothed code maps (visualisation, not FID)")
     s.add_argument("--decode-chunk", type=int, default=None, help="decode this many images at a time")
     s.add_argument("--png-dir", default=None, help="also write every image as {class}_{j}.png here")
-    s.add_argument("--keep-shards", action="store_true", help="keep <out>.shards/ after writing the .npz")
+    s.add_argument("--keep-shards", action="store_true", help="keep the X.shards/ folder after writing X.npz")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     met = commands.add_parser("metrics", help="FID, sFID, IS, precision and recall of SAMPLES against REFERENCE")

@@ -46,7 +46,7 @@ def evaluate(samples, reference, *, inception: Optional[str] = None, net: Option
     if samples.has_images and reference.has_images and samples.image_shape != reference.image_shape:
         raise ImageSetError(f"{samples.name} has {samples.image_shape} images but {reference.name} has "
                             f"{reference.image_shape}; compare sets at one resolution")
-    if net is None:
+    if net is None and (samples.has_images or reference.has_images):
         net = load_inception(inception, device=device)
     sample_feats = features_of(samples, net, batch_size, progress)
     ref_feats = features_of(reference, net, batch_size, progress)

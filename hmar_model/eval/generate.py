@@ -9,9 +9,10 @@ batch_size = per_class and seed 0 this is upstream's loop (class i sampled as on
 batch size gives other (equally valid) random draws; every batch's images depend only on (settings, b), never on
 how many processes ran or whether the run was resumed.
 
-Resumable: each finished batch is written atomically to ``<out>.shards/batch_XXXXXX.npy``; a rerun with the same
-settings skips them (other settings are refused). Under ``torchrun`` rank r of w takes batches r, r + w, …; rank 0
-joins the shards into ``out`` once all ranks are done and removes the shard folder (unless ``keep_shards``).
+Resumable: each finished batch is written atomically to ``X.shards/batch_XXXXXX.npy`` (for ``out`` = ``X.npz``);
+a rerun with the same settings skips them (other settings are refused). Under ``torchrun`` rank r of w takes
+batches r, r + w, …; rank 0 joins the shards into ``out`` once all ranks are done and removes the shard folder
+(unless ``keep_shards``).
 """
 from __future__ import annotations
 

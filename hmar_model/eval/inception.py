@@ -270,7 +270,7 @@ def load_inception(path: Optional[str] = None, device="cpu") -> InceptionV3:
         raise InceptionWeightsError(f"{path}: Inception weights file not found")
     try:
         state = from_torchscript(torch.jit.load(path, map_location="cpu"))
-    except RuntimeError:  # not TorchScript: a pickled state dict
+    except Exception:  # not TorchScript (torch.jit.load raises RuntimeError or others): a pickled state dict
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:

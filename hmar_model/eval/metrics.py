@@ -1,7 +1,7 @@
 """FID, sFID, Inception Score and improved precision/recall from Inception features, as the ADM evaluator.
 
     mu, sigma = feature_statistics(feats)                         # (D,), (D, D) float64
-    fid = frechet_distance(mu1, sigma1, mu2, sigma2)              # ‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^½)
+    fid = frechet_distance(mu1, sigma1, mu2, sigma2)   # ‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^½)
     isc = inception_score(logits)                                 # exp E[KL(p(y|x) ‖ p(y))], splits of 5,000
     precision, recall = precision_recall(ref_feats, sample_feats)  # k-NN manifolds, k = 3
 
