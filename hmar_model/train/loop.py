@@ -5,8 +5,8 @@
 One optimiser step = ``accum`` micro-batches per rank. Each micro-batch: token maps → teacher-forcing inputs with
 the frozen VQVAE quantiser (fp32, no grad) → autocast forward to per-token (ce, hit): fused (hidden state →
 chunked head + CE, q/k-norm kernels) or from the logits → stage loss (next_scale_loss or masked_loss) → backward
-(DDP syncs on the last micro-batch). ``compile`` compiles forward + loss as one function. Then unscale (fp16), clip, AdamW step, EMA, and every ``log_every``
-steps one host sync for the log line.
+(DDP syncs on the last micro-batch); ``compile`` compiles forward + loss as one function. Then unscale (fp16),
+clip, AdamW step, EMA, and every ``log_every`` steps one host sync for the log line.
 """
 from __future__ import annotations
 
@@ -167,9 +167,10 @@ class Run:
             self.stats.add(ce_BL, hit_BL)
             return loss
         g = torch.Generator().manual_seed(((cfg.seed * 1_000_003 + step) * 1009 + micro) * 1009 + self.env.rank)
-        masked_l = draw_mask(self.patch_nums, g)  # (L − n_0,) on the CPU, ≥ 1 masked token per scale ≥ 1
-        masked_L = torch.cat((torch.zeros(self.patch_nums[0] ** 2, dtype=torch.bool), masked_l)).to(self.env.device)
-        masked_l = masked_l.to(self.env.device)
+        n_0 = self.patch_nums[0] ** 2
+        # drawn on the CPU (no host sync), ≥ 1 masked token per scale ≥ 1; one copy to the device
+        masked_L = torch.cat((torch.zeros(n_0, dtype=torch.bool), draw_mask(self.patch_nums, g))).to(self.env.device)
+        masked_l = masked_L[n_0:]  # (L − n_0,): the model's argument
         with torch.no_grad():
             own_BLCv = self.vqvae.quantize.masked_inputs(indices, self.patch_nums)
         masked_BL = masked_L.expand_as(tokens_BL)

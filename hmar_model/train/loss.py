@@ -57,7 +57,8 @@ def token_weights(patch_nums: Sequence[int], kind: str) -> torch.Tensor:
 def ce_and_hits(logits_BLV: torch.Tensor, target_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(ce_BL, hit_BL) of (B, L, V) logits: per-token cross-entropy in at least fp32 (differentiable) and
     ``argmax == target`` (bool; a tie goes to the first index)."""
-    ce_BL = F.cross_entropy(at_least_fp32(logits_BLV).flatten(0, 1), target_BL.flatten(), reduction="none").view_as(target_BL)
+    ce_BL = F.cross_entropy(at_least_fp32(logits_BLV).flatten(0, 1), target_BL.flatten(), reduction="none"
+                            ).view_as(target_BL)
     hit_BL = logits_BLV.detach().argmax(-1) == target_BL
     return ce_BL, hit_BL
 
