@@ -48,6 +48,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU comparison (Triton interpreter, no TF32); on CUDA "
+                    "test_train_gpu.py compares the fused and unfused steps")
 def test_fused_trainer_equals_unfused_next_scale_then_masked(tmp_path, one_thread):
     unfused = _run(tmp_path / "nsp", False)
     _same_up_to_rounding(_run(tmp_path / "nsp-fused", True, "save_at_end=false"), unfused)
@@ -55,7 +57,8 @@ def test_fused_trainer_equals_unfused_next_scale_then_masked(tmp_path, one_threa
     _same_up_to_rounding(_run(tmp_path / "mp-fused", True, *masked), _run(tmp_path / "mp", False, *masked))
 
 
-def test_fused_default_is_off_on_the_cpu(tmp_path, one_thread):
+def test_fused_default_is_on_for_cuda_only(tmp_path, one_thread):
     cfg = load_config("tiny", [f"out={tmp_path}"])
     assert cfg.fused is None
-    assert Run(cfg, resume=False, say=print).fused is False
+    run = Run(cfg, resume=False, say=print)
+    assert run.fused is (run.env.device.type == "cuda")
