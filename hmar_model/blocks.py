@@ -185,17 +185,20 @@ def logits(head_nm: AdaLNBeforeHead, head: nn.Linear, x_BLC, cond_BD) -> torch.T
 
 
 def head_cross_entropy(head_nm: AdaLNBeforeHead, head: nn.Linear, x_BLC, cond_BD, target_BL: torch.Tensor,
-                       chunk_rows: int | None = None) -> torch.Tensor:
+                       chunk_rows: int | None = None, return_hits: bool = False):
     """Per-token cross-entropy (B, L) fp32 of ``logits(head_nm, head, x, cond)`` against ``target_BL``, with the
     head fused into the loss over row chunks: the (B, L, V) fp32 logits never exist (same rounding under
-    autocast; weight the result per token, e.g. ``(ce_BL * w_L).sum(1).mean()``)."""
+    autocast; weight the result per token, e.g. ``(ce_BL * w_L).sum(1).mean()``). ``return_hits``:
+    ``(ce_BL, hit_BL)`` with hit_BL (B, L) bool = ``logits.argmax(-1) == target_BL`` (first index wins a tie)."""
     B, L, _ = x_BLC.shape
     if target_BL.shape != (B, L):
         raise ValueError(f"target_BL must be ({B}, {L}) (one token per position of x_BLC), got "
                          f"{tuple(target_BL.shape)}")
     h_BLC = at_least_fp32(head_nm(at_least_fp32(x_BLC), cond_BD))
     chunks = {} if chunk_rows is None else {"chunk_rows": chunk_rows}
-    return linear_cross_entropy(h_BLC.flatten(0, 1), head.weight, head.bias, target_BL.flatten(), **chunks).view(B, L)
+    out = linear_cross_entropy(h_BLC.flatten(0, 1), head.weight, head.bias, target_BL.flatten(), **chunks,
+                               return_hits=return_hits)
+    return tuple(t.view(B, L) for t in out) if return_hits else out.view(B, L)
 
 
 class ScaleEmbeddings(nn.Module):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .blocks import at_least_fp32
+from .train.loss import ce_and_hits, next_scale_loss
 
 
 def uniform_loss_weights(length: int, device=None) -> torch.Tensor:
@@ -26,17 +26,24 @@ def uniform_loss_weights(length: int, device=None) -> torch.Tensor:
     return torch.full((length,), 1.0 / length, device=device)
 
 
+def token_cross_entropy(model, inputs: tuple, target_BL: torch.Tensor, backend: str, fused: bool, forward=None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model inputs → (ce_BL, hit_BL): per-token cross-entropy (differentiable) and argmax hits (bool).
+
+    fused: hidden state → chunked head + CE (``model.head_cross_entropy``); else the reference, logits → CE.
+    ``forward``: what runs the body (a DDP / FSDP wrapper of ``model``); default ``model`` itself."""
+    forward = model if forward is None else forward
+    if fused:
+        x_BLC, cond_BD = forward(*inputs, backend=backend, fused=True, return_hidden=True)
+        return model.head_cross_entropy(x_BLC, cond_BD, target_BL, return_hits=True)
+    return ce_and_hits(forward(*inputs, backend=backend), target_BL)
+
+
 def weighted_cross_entropy(model, inputs: tuple, target_BL: torch.Tensor, weights_L: torch.Tensor, backend: str,
                            fused: bool) -> torch.Tensor:
-    """mean_b Σ_t ce[b, t]·w[t]: fused (hidden state → chunked head + CE) or the reference (logits → CE)."""
-    if fused:
-        x_BLC, cond_BD = model(*inputs, backend=backend, fused=True, return_hidden=True)
-        ce_BL = model.head_cross_entropy(x_BLC, cond_BD, target_BL)
-    else:
-        logits_BLV = model(*inputs, backend=backend)
-        ce_BL = torch.nn.functional.cross_entropy(at_least_fp32(logits_BLV).flatten(0, 1), target_BL.flatten(),
-                                                  reduction="none").view(target_BL.shape)
-    return ce_BL.mul(weights_L).sum(dim=1).mean()
+    """mean_b Σ_t ce[b, t]·w[t], fused or the reference (``token_cross_entropy``)."""
+    ce_BL, hit_BL = token_cross_entropy(model, inputs, target_BL, backend, fused)
+    return next_scale_loss(ce_BL, hit_BL, weights_L)[0]
 
 
 class TrainStep:

@@ -103,9 +103,10 @@ class MaskedPrediction(_SplitBiasEmbeddings):
         return self._mask_forward(label_B, x_ctx_BLCv, x_own_BLCv, masked, self.blocks, self.head_nm, self.head,
                                   backend, fused, return_hidden)
 
-    def head_cross_entropy(self, x_BLC, cond_BD, target_BL, chunk_rows: int | None = None) -> torch.Tensor:
+    def head_cross_entropy(self, x_BLC, cond_BD, target_BL, chunk_rows: int | None = None,
+                           return_hits: bool = False):
         """Per-token cross-entropy (B, L) of the head, fused (see ``VAR.head_cross_entropy``)."""
-        return head_cross_entropy(self.head_nm, self.head, x_BLC, cond_BD, target_BL, chunk_rows)
+        return head_cross_entropy(self.head_nm, self.head, x_BLC, cond_BD, target_BL, chunk_rows, return_hits)
 
     def freeze_for_finetuning(self) -> list[str]:
         """Leave trainable only the last n_layers_train blocks, head_nm, head and mask_embed (as the official

@@ -94,10 +94,12 @@ class VAR(ScaleEmbeddings):
                            fused)
         return (x_BLC, cond_BD) if return_hidden else logits(self.head_nm, self.head, x_BLC, cond_BD)
 
-    def head_cross_entropy(self, x_BLC, cond_BD, target_BL, chunk_rows: int | None = None) -> torch.Tensor:
+    def head_cross_entropy(self, x_BLC, cond_BD, target_BL, chunk_rows: int | None = None,
+                           return_hits: bool = False):
         """Per-token cross-entropy (B, L) of the head on ``forward(..., return_hidden=True)``'s output, fused
-        (``blocks.head_cross_entropy``): equals cross_entropy(forward(...), target, reduction="none")."""
-        return head_cross_entropy(self.head_nm, self.head, x_BLC, cond_BD, target_BL, chunk_rows)
+        (``blocks.head_cross_entropy``): equals cross_entropy(forward(...), target, reduction="none"); with
+        ``return_hits`` also the (B, L) bool argmax hits, ``(ce_BL, hit_BL)``."""
+        return head_cross_entropy(self.head_nm, self.head, x_BLC, cond_BD, target_BL, chunk_rows, return_hits)
 
     # ---- inference protocol used by sampling.generate ----
     def inference_state(self):

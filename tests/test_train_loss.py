@@ -8,7 +8,8 @@ import torch
 from hmar_model.tiny import tiny_transformer
 from hmar_model.train.config import load_config
 from hmar_model.train.loop import draw_mask
-from hmar_model.train.loss import ScaleStats, masked_loss, next_scale_loss, scale_weights, token_weights
+from hmar_model.train.loss import (ScaleStats, ce_and_hits, masked_loss, next_scale_loss, scale_weights,
+                                   token_weights)
 from hmar_model.train.optim import lr_factor, param_groups, wd_value
 
 # spec Appendix B: per-scale totals π_k of the "lognorm" weights
@@ -55,7 +56,7 @@ def test_next_scale_loss_and_gradient_match_float64():
     logits = torch.randn(B, L, V, generator=g).mul(3).requires_grad_()
     target = torch.randint(0, V, (B, L), generator=g)
     w = token_weights(pn, "lognorm")
-    loss, ce, hit = next_scale_loss(logits, target, w)
+    loss, ce, hit = next_scale_loss(*ce_and_hits(logits, target), w)
     ce64 = -torch.log_softmax(logits.double(), -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
     assert loss.item() == pytest.approx((ce64 * w.double()).sum(1).mean().item(), rel=1e-6)
     assert torch.allclose(ce.double(), ce64, rtol=1e-5, atol=1e-6)
@@ -72,7 +73,7 @@ def test_masked_loss_counts_masked_tokens_only():
     target = torch.randint(0, V, (B, L), generator=g)
     masked_l = draw_mask((1, 2, 3, 4), g)
     masked = torch.cat((torch.zeros(1, dtype=torch.bool), masked_l)).expand(B, L)
-    loss, _, _ = masked_loss(logits, target, masked)
+    loss, _, _ = masked_loss(*ce_and_hits(logits, target), masked)
     ce64 = -torch.log_softmax(logits.double(), -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
     assert loss.item() == pytest.approx(ce64[masked].mean().item(), rel=1e-6)
     loss.backward()
@@ -80,7 +81,17 @@ def test_masked_loss_counts_masked_tokens_only():
     ref = _reference_grad(logits.detach(), target, masked.double() / masked.sum())
     assert torch.allclose(logits.grad.double(), ref, rtol=1e-4, atol=1e-8)
     with pytest.raises(ValueError, match="no position is masked"):
-        masked_loss(logits, target, torch.zeros(B, L, dtype=torch.bool))
+        masked_loss(*ce_and_hits(logits, target), torch.zeros(B, L, dtype=torch.bool))
+
+
+def test_hits_resolve_argmax_ties_to_the_first_index():
+    """A target tied with a lower class at the maximum is a miss; tied with a higher one, a hit."""
+    g = torch.Generator().manual_seed(torch.randint(0, 2**31, ()).item())
+    logits = torch.randn(2, 3, 8, generator=g, dtype=torch.float64)
+    logits[..., 2] = logits[..., 5] = logits.amax(-1) + 1  # classes 2 and 5 share every row's maximum
+    target = torch.tensor([[2, 5, 0], [5, 2, 7]])
+    _, hit = ce_and_hits(logits, target)
+    assert hit.tolist() == [[True, False, False], [False, True, False]]
 
 
 def test_draw_mask_masks_ceil_fraction_of_every_scale():

@@ -75,7 +75,8 @@ class TrainSchema:
     ema: float = 0.0  # EMA decay of the weights (0 = off), exported next to the raw weights
     seed: int = 42  # RNG seed; rank r uses seed·world + r, as upstream
     distributed: str = "ddp"  # "ddp" or "fsdp" (FSDP2 fully_shard per block; for d24/d30)
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the micro-batch's forward + loss
+    fused: Optional[bool] = None  # fused q/k-norm kernels + chunked head/CE (no (B, L, V) logits); None = on CUDA
     attn_backend: str = "auto"  # hmar_kernels.attention backend
     tf32: bool = True  # TF32 matmuls on CUDA (upstream default)
     threads: int = 0  # CPU threads per process (torch.set_num_threads); 0 = torch's default
@@ -89,7 +90,7 @@ class TrainSchema:
 # Keys that may differ when resuming (they do not change the trajectory beyond rounding, or extend it: max_steps;
 # distributed: DCP re-shards the checkpoint for DDP or FSDP).
 RESUMABLE_OVERRIDES = ("max_steps", "threads", "log_every", "ckpt_every", "keep_last", "tensorboard", "compile",
-                       "attn_backend", "out", "data_path", "save_at_end", "distributed")
+                       "fused", "attn_backend", "out", "data_path", "save_at_end", "distributed")
 
 
 def recipe_names() -> list[str]:

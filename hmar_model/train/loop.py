@@ -3,9 +3,10 @@
     summary = train(cfg, resume=False)      # cfg from config.load_config; returns the last logged metrics
 
 One optimiser step = ``accum`` micro-batches per rank. Each micro-batch: token maps → teacher-forcing inputs with
-the frozen VQVAE quantiser (fp32, no grad) → autocast forward → stage loss (next_scale_loss or masked_loss) →
-backward (DDP syncs on the last micro-batch). Then unscale (fp16), clip, AdamW step, EMA, and every ``log_every``
-steps one host sync for the log line.
+the frozen VQVAE quantiser (fp32, no grad) → autocast forward to per-token (ce, hit): fused (hidden state →
+chunked head + CE, q/k-norm kernels) or from the logits → stage loss (next_scale_loss or masked_loss) → backward
+(DDP syncs on the last micro-batch); ``compile`` compiles forward + loss as one function. Then unscale (fp16),
+clip, AdamW step, EMA, and every ``log_every`` steps one host sync for the log line.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoints import MASK_KEY, dense_mask_buffer, nsp_mp_to_hmar, save_checkpoint
+from ..fast_step import token_cross_entropy
 from . import checkpoint, parallel
 from .config import ConfigError, to_yaml
 from .data import Batches, SyntheticTokens, TokenShards, vae_fingerprint
@@ -118,15 +120,14 @@ class Run:
         # FSDP2 warns that the logits are a view (in-place ops on them would skip its hook); the loss never
         # modifies them in place.
         warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
-        self.forward = torch.compile(self.wrapped) if cfg.compile else self.wrapped
+        self.fused = env.device.type == "cuda" if cfg.fused is None else cfg.fused
+        self.losses = torch.compile(self._losses) if cfg.compile else self._losses
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, cfg)
         self.ema = ({n: p.detach().clone().float() for n, p in self.model.named_parameters() if p.requires_grad}
                     if cfg.ema > 0 else None)
         self.scaler = torch.amp.GradScaler(env.device.type, init_scale=2.0 ** 11, growth_interval=1000,
                                            enabled=cfg.precision == "fp16")
-        self.autocast = torch.autocast(env.device.type, dtype=AUTOCAST[cfg.precision],
-                                       enabled=AUTOCAST[cfg.precision] is not None)
         self.weight_L = token_weights(self.patch_nums, cfg.loss_weights).to(env.device)
         self.stats = ScaleStats(self.patch_nums, env.device)
         self.step = 0
@@ -146,26 +147,34 @@ class Run:
             self.say(text)
 
     # ---- one micro-batch ----
+    def _losses(self, inputs: tuple, tokens_BL, masked_BL):
+        """Autocast forward → (loss, ce_BL detached, hit_BL) of the stage (masked_BL None: next-scale)."""
+        dtype = AUTOCAST[self.cfg.precision]
+        with torch.autocast(self.env.device.type, dtype=dtype, enabled=dtype is not None):
+            ce_BL, hit_BL = token_cross_entropy(self.model, inputs, tokens_BL, self.cfg.attn_backend, self.fused,
+                                                forward=self.wrapped)
+        if masked_BL is None:
+            return next_scale_loss(ce_BL, hit_BL, self.weight_L)
+        return masked_loss(ce_BL, hit_BL, masked_BL)
+
     def micro_step(self, step: int, micro: int, label_B, tokens_BL) -> torch.Tensor:
         cfg = self.cfg
         indices = split_scales(tokens_BL, self.patch_nums)
         with torch.no_grad():
             x_BLCv = self.vqvae.quantize.next_scale_inputs(indices, self.patch_nums)
         if cfg.stage == "next-scale":
-            with self.autocast:
-                logits_BLV = self.forward(label_B, x_BLCv, backend=cfg.attn_backend)
-            loss, ce_BL, hit_BL = next_scale_loss(logits_BLV, tokens_BL, self.weight_L)
+            loss, ce_BL, hit_BL = self.losses((label_B, x_BLCv), tokens_BL, None)
             self.stats.add(ce_BL, hit_BL)
             return loss
         g = torch.Generator().manual_seed(((cfg.seed * 1_000_003 + step) * 1009 + micro) * 1009 + self.env.rank)
-        masked_l = draw_mask(self.patch_nums, g).to(self.env.device)
+        n_0 = self.patch_nums[0] ** 2
+        # drawn on the CPU (no host sync), ≥ 1 masked token per scale ≥ 1; one copy to the device
+        masked_L = torch.cat((torch.zeros(n_0, dtype=torch.bool), draw_mask(self.patch_nums, g))).to(self.env.device)
+        masked_l = masked_L[n_0:]  # (L − n_0,): the model's argument
         with torch.no_grad():
             own_BLCv = self.vqvae.quantize.masked_inputs(indices, self.patch_nums)
-        with self.autocast:
-            logits_BLV = self.forward(label_B, x_BLCv, own_BLCv, masked_l, backend=cfg.attn_backend)
-        first = torch.zeros(self.patch_nums[0] ** 2, dtype=torch.bool, device=self.env.device)
-        masked_BL = torch.cat((first, masked_l)).expand_as(tokens_BL)
-        loss, ce_BL, hit_BL = masked_loss(logits_BLV, tokens_BL, masked_BL)
+        masked_BL = masked_L.expand_as(tokens_BL)
+        loss, ce_BL, hit_BL = self.losses((label_B, x_BLCv, own_BLCv, masked_l), tokens_BL, masked_BL)
         self.stats.add(ce_BL, hit_BL, masked_BL)
         return loss
 

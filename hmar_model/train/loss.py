@@ -1,11 +1,12 @@
-"""Training losses from the model's logits, one function per stage, and per-scale statistics.
+"""Training losses from per-token cross-entropy and hits, one function per stage, and per-scale statistics.
 
-    loss, ce_BL, hit_BL = next_scale_loss(logits_BLV, target_BL, weight_L)      # Σ_t w_t·CE_t, mean over batch
-    loss, ce_BL, hit_BL = masked_loss(logits_BLV, target_BL, masked_BL)         # mean CE over masked tokens
+    ce_BL, hit_BL = ce_and_hits(logits_BLV, target_BL)                  # unfused: from the (B, L, V) logits
+    ce_BL, hit_BL = model.head_cross_entropy(x_BLC, cond_BD, target_BL, return_hits=True)   # fused head + CE
+    loss, ce_BL, hit_BL = next_scale_loss(ce_BL, hit_BL, weight_L)      # Σ_t w_t·CE_t, mean over batch
+    loss, ce_BL, hit_BL = masked_loss(ce_BL, hit_BL, masked_BL)         # mean CE over masked tokens
 
-Both return the per-token cross-entropy and hits (argmax == target) detached, for the per-scale log. A fused
-head + cross-entropy that never materialises (B, L, V) logits replaces one of these functions with one of the same
-signature, taking the hidden states instead of the logits.
+The stage losses return the per-token cross-entropy (detached) and hits (argmax == target) for the per-scale
+log. Hits resolve ties as ``torch.argmax`` does (the first index of the maximum), in both paths.
 
 Per-scale weights (spec §4.2, Appendix B), each a (L,) tensor of per-token weights:
 * "uniform" (VAR): 1/L for every token;
@@ -19,6 +20,8 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from ..blocks import at_least_fp32
 
 
 def scale_weights(patch_nums: Sequence[int], kind: str) -> list[float]:
@@ -51,27 +54,29 @@ def token_weights(patch_nums: Sequence[int], kind: str) -> torch.Tensor:
                      ).float()
 
 
-def _ce_and_hits(logits_BLV: torch.Tensor, target_BL: torch.Tensor):
-    ce_BL = F.cross_entropy(logits_BLV.float().flatten(0, 1), target_BL.flatten(), reduction="none"
+def ce_and_hits(logits_BLV: torch.Tensor, target_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ce_BL, hit_BL) of (B, L, V) logits: per-token cross-entropy in at least fp32 (differentiable) and
+    ``argmax == target`` (bool; a tie goes to the first index)."""
+    ce_BL = F.cross_entropy(at_least_fp32(logits_BLV).flatten(0, 1), target_BL.flatten(), reduction="none"
                             ).view_as(target_BL)
     hit_BL = logits_BLV.detach().argmax(-1) == target_BL
     return ce_BL, hit_BL
 
 
-def next_scale_loss(logits_BLV: torch.Tensor, target_BL: torch.Tensor, weight_L: torch.Tensor):
-    """Next-scale loss mean_b Σ_t w_t·CE(logits[b, t], target[b, t]) → (loss, ce_BL detached, hit_BL)."""
-    ce_BL, hit_BL = _ce_and_hits(logits_BLV, target_BL)
+def next_scale_loss(ce_BL: torch.Tensor, hit_BL: torch.Tensor, weight_L: torch.Tensor):
+    """Next-scale loss mean_b Σ_t w_t·ce[b, t] → (loss, ce_BL detached, hit_BL)."""
     loss = ce_BL.mul(weight_L).sum(1).mean()
     return loss, ce_BL.detach(), hit_BL
 
 
-def masked_loss(logits_BLV: torch.Tensor, target_BL: torch.Tensor, masked_BL: torch.Tensor):
+def masked_loss(ce_BL: torch.Tensor, hit_BL: torch.Tensor, masked_BL: torch.Tensor):
     """Masked-prediction loss: mean CE over the masked positions only → (loss, ce_BL detached, hit_BL).
 
-    masked_BL (B, L) bool over the full sequence (the start token is never masked)."""
-    if not masked_BL.any():
+    masked_BL (B, L) bool over the full sequence (the start token is never masked). An empty mask is refused
+    when the mask is on the CPU; a device mask is not checked here (that would sync the host every step): the
+    trainer's mask draw masks at least one token of every scale ≥ 1."""
+    if masked_BL.device.type == "cpu" and not masked_BL.any():
         raise ValueError("masked_loss: no position is masked (the loss would be empty)")
-    ce_BL, hit_BL = _ce_and_hits(logits_BLV, target_BL)
     loss = ce_BL[masked_BL].mean()
     return loss, ce_BL.detach(), hit_BL
 
