@@ -21,9 +21,10 @@ from ..eval.evaluate import evaluate
 from ..eval.generate import distributed_rank, generate_samples
 from ..eval.images import ImageSetError
 from ..eval.inception import InceptionWeightsError
+from . import common
 from .common import DTYPES, add_model_arguments, load_models, parse_mask_schedule, resolve_device
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, ImageSetError, InceptionWeightsError)
+USER_ERRORS = (*common.USER_ERRORS, ImageSetError, InceptionWeightsError)
 TABLE_ROWS = (("FID", "fid"), ("sFID", "sfid"), ("Inception Score", "inception_score"), ("Precision", "precision"),
               ("Recall", "recall"), ("samples", "num_samples"), ("reference images", "num_reference"))
 
@@ -50,7 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--decode-chunk", type=int, default=None, help="decode this many images at a time")
     s.add_argument("--png-dir", default=None, help="also write every image as {class}_{j}.png here")
     s.add_argument("--keep-shards", action="store_true", help="keep the X.shards/ folder after writing X.npz")
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     met = commands.add_parser("metrics", help="FID, sFID, IS, precision and recall of SAMPLES against REFERENCE")
     met.add_argument("samples", help="ADM-style .npz (arr_0 images, or mu/sigma), image folder, or .txt image list")
@@ -67,9 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_generate(args) -> int:
     rank, world_size, local_rank = distributed_rank()
-    if world_size > 1 and args.device in ("auto", "cuda") and torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)  # "cuda" then means this rank's GPU
-    model, vqvae = load_models(args)
+    device = resolve_device(args.device)
+    if world_size > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)  # each rank its own GPU
+        torch.cuda.set_device(device)
+    if device.type == "cuda" and not args.no_tf32:  # as hmar-sample and upstream's sampler: TF32 on
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    model, vqvae = load_models(args, device, "hmar-eval generate")
     description = {"vae": args.vae, "model": args.model, "kind": args.kind, "mp": args.mp,
                    "patch_nums": args.patch_nums, "no_tf32": args.no_tf32}
     out = generate_samples(model, vqvae, args.out, per_class=args.per_class, classes=args.classes,
