@@ -43,7 +43,6 @@ struct FlashAttnBwdSm90 {
 
     CUTLASS_DEVICE void operator()(Params const& params, char* smem_buf) {
         SharedStorage& shared = *reinterpret_cast<SharedStorage*>(smem_buf);
-        int const warp_idx = cutlass::canonical_warp_idx_sync();
         int const warp_group_idx = cutlass::canonical_warp_group_idx();
         bool const is_leader = threadIdx.x == 0;  // the producer thread: issues every TMA load
 
@@ -76,7 +75,7 @@ struct FlashAttnBwdSm90 {
 
         if (warp_group_idx == 0) {  // producer
             cutlass::arch::warpgroup_reg_dealloc<LoadRegisters>();
-            if (warp_idx == 0 && cute::elect_one_sync() && tile.count > 0) {
+            if (is_leader && tile.count > 0) {  // the pipelines' leader arms the barriers
                 auto row_write = cutlass::make_producer_start_state<PipelineRow>();
                 auto col_write = cutlass::make_producer_start_state<PipelineCol>();
                 mainloop.load(params.mainloop, pipeline_row, pipeline_col, row_write, col_write, shared.mainloop,
