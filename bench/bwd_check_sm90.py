@@ -3,15 +3,16 @@
     MAX_JOBS=16 HMAR_CUDA_JIT=1 python bench/bwd_check_sm90.py --out "$OUT" [--quick] [--skip-timing]
 
 1. Builds a small extension of its own with torch.utils.cpp_extension.load: csrc/tests/bwd_check_binding.cpp, the
-   backward dispatcher and its 8 instantiations (no api.cpp). The CUDA forward (backend "cuda", needed only for the
-   timing) JIT-builds at the same time in a subprocess, as a dev build of bf16 / D = 64 / config 0.
-2. Checks dQ, dK, dV of both dQ modes (atomic, deterministic) against the float64 reference gradients
-   (hmar_kernels.reference, autograd) with the project's tolerance rule (benchmark.error_bound: error ≤ 2 ×
-   the bf16/fp16 reference's error + 2 × rounding), on the three real schedules × both patterns, a random schedule
-   with a random S×S pattern and 256 px with a random S×S pattern; bf16 and fp16; D = 64 and 128. The kernel gets
-   the reference's O (rounded to the dtype) and LSE; outputs are fresh (NaN would fail the check).
-3. Determinism: the deterministic mode three times at 1024 px, bit for bit.
-4. Timing at 1024 px, bf16, D = 64, B = 4, H = 16, both patterns: the CUDA forward, this backward (both modes),
+   backward dispatcher and its 12 instantiations (no api.cpp). The CUDA forward (backend "cuda", needed only for
+   the timing) JIT-builds at the same time in a subprocess, as a dev build of bf16 / D = 64 / config 0.
+2. Checks dQ, dK, dV of every config (csrc/bwd_tile_size.h: 0 and 1 atomic dQ, 2 deterministic) against the
+   float64 reference gradients (hmar_kernels.reference, autograd) with the project's tolerance rule
+   (benchmark.error_bound: error ≤ 2 × the bf16/fp16 reference's error + 2 × rounding), on the three real
+   schedules × both patterns, 256 px with a random S×S pattern and a random schedule with a random S×S pattern;
+   bf16 and fp16; D = 64 and 128. The kernel gets the reference's O (rounded to the dtype) and LSE; its outputs
+   are fresh (an unwritten NaN fails the check).
+3. Determinism: the deterministic config three times at 1024 px, bit for bit (the atomic ones are reported).
+4. Timing at 1024 px, bf16, D = 64, B = 4, H = 16, both patterns: the CUDA forward, this backward (each config),
    forward + backward, and the current "cuda" backend's fwd+bwd (Triton backward) for comparison, in useful
    TFLOP/s (CUDA events, medians; hmar_kernels.benchmark.time_cuda).
 
@@ -76,18 +77,18 @@ def start_forward_build() -> subprocess.Popen:
                             text=True)
 
 
-def bwd_tables(ext, patch_nums, row_bits, batch_heads, head_dim, device):
+def bwd_tables(ext, patch_nums, row_bits, batch_heads, head_dim, config, device):
     """(kv tables, q tables): TileMask + program table of the transposed pattern (rows = keys) and of the
-    forward pattern (rows = queries), with the backward's tile shape."""
-    rows, cols = ext.tile_shape(head_dim)
+    forward pattern (rows = queries), with the config's tile shape."""
+    rows, cols, _ = ext.config_info(head_dim, config)
     kv = forward_tables(patch_nums, transpose_bits(row_bits), rows, cols, batch_heads, device)
     q = forward_tables(patch_nums, row_bits, rows, cols, batch_heads, device)
     return list(kv.tensors), list(q.tensors)
 
 
-def run_bwd(ext, tables, q, k, v, out, dout, lse, scale, deterministic):
+def run_bwd(ext, tables, q, k, v, out, dout, lse, scale, config):
     stream = torch.cuda.current_stream(q.device).cuda_stream
-    return ext.bwd(q, k, v, out, dout, lse, tables[0], tables[1], scale, deterministic, stream)
+    return ext.bwd(q, k, v, out, dout, lse, tables[0], tables[1], scale, config, stream)
 
 
 def reference_grads(q, k, v, dout, patch_nums, row_bits, scale):
@@ -126,8 +127,8 @@ def correctness_cases(quick: bool, rng: random.Random):
 def check_correctness(ext, log: Log, quick: bool, device) -> bool:
     rng = random.Random(0)
     ok = True
-    log(f"{'case':<34} {'dt':<4} {'D':>3} {'mode':<6} {'dq err/bound':>14} {'dk err/bound':>14} "
-        f"{'dv err/bound':>14}  result")
+    log(f"{'case':<34} {'dt':<4} {'D':>3} {'cfg':<3} {'dq err/bound':>15} {'dk err/bound':>15} "
+        f"{'dv err/bound':>15}  result")
     for name, pn, bits, b, h in correctness_cases(quick, rng):
         L = sum(p * p for p in pn)
         for dname, dtype in DTYPES.items():
@@ -140,9 +141,9 @@ def check_correctness(ext, log: Log, quick: bool, device) -> bool:
                                                         scale)
                 _, _, *baseline = reference_grads(q, k, v, dout, pn, bits, scale)
                 out, lse = out64.to(dtype), lse64.float().contiguous()
-                tables = bwd_tables(ext, pn, bits, b * h, head_dim, device)
-                for deterministic in (False, True):
-                    grads = run_bwd(ext, tables, q, k, v, out, dout, lse, scale, deterministic)
+                for config in range(ext.num_configs):
+                    tables = bwd_tables(ext, pn, bits, b * h, head_dim, config, device)
+                    grads = run_bwd(ext, tables, q, k, v, out, dout, lse, scale, config)
                     torch.cuda.synchronize()
                     cells, passed = [], True
                     for got, gold, base in zip(grads, golden, baseline):
@@ -150,9 +151,8 @@ def check_correctness(ext, log: Log, quick: bool, device) -> bool:
                         passed &= error <= bound
                         cells.append(f"{error:.1e}/{bound:.1e}")
                     ok &= passed
-                    mode = "det" if deterministic else "atomic"
-                    log(f"{name:<34} {dname:<4} {head_dim:>3} {mode:<6} {cells[0]:>14} {cells[1]:>14} "
-                        f"{cells[2]:>14}  {'ok' if passed else 'FAIL'}")
+                    log(f"{name:<34} {dname:<4} {head_dim:>3} {config:<3} {cells[0]:>15} {cells[1]:>15} "
+                        f"{cells[2]:>15}  {'ok' if passed else 'FAIL'}")
     return ok
 
 
@@ -163,13 +163,15 @@ def check_determinism(ext, log: Log, device) -> bool:
     q, k, v, out, dout = (torch.randn(b, h, L, head_dim, device=device, generator=gen, dtype=torch.bfloat16)
                           for _ in range(5))
     lse = torch.randn(b, h, L, device=device, generator=gen) + 6.0
-    tables = bwd_tables(ext, pn, bits, b * h, head_dim, device)
     ok = True
-    for deterministic in (True, False):
-        runs = [run_bwd(ext, tables, q, k, v, out, dout, lse, head_dim ** -0.5, deterministic) for _ in range(3)]
+    for config in range(ext.num_configs):
+        deterministic = ext.config_info(head_dim, config)[2]
+        tables = bwd_tables(ext, pn, bits, b * h, head_dim, config, device)
+        runs = [run_bwd(ext, tables, q, k, v, out, dout, lse, head_dim ** -0.5, config) for _ in range(3)]
         same = all(torch.equal(x, y) for run in runs[1:] for x, y in zip(runs[0], run))
         mode = "deterministic" if deterministic else "atomic"
-        log(f"determinism, 1024px causal bf16 D=64, {mode}: 3 runs {'bit-identical' if same else 'differ'}")
+        log(f"determinism, 1024px causal bf16 D=64, config {config} ({mode}): 3 runs "
+            f"{'bit-identical' if same else 'differ'}{'' if same or not deterministic else '  FAIL'}")
         if deterministic:
             ok &= same
     return ok
@@ -190,41 +192,35 @@ def timing(ext, log: Log, device, forward_build: subprocess.Popen):
     b, h, head_dim, L = 4, 16, 64, sum(p * p for p in pn)
     scale = head_dim ** -0.5
     log(f"timing: 1024 px, bf16, D={head_dim}, B={b}, H={h}; ms (useful TFLOP/s), medians of CUDA-event timings")
-    log(f"{'pattern':<10} {'fwd':>14} {'bwd atomic':>14} {'bwd det':>14} {'fwd+bwd atomic':>16} "
-        f"{'fwd+bwd det':>14} {'cuda backend fwd+bwd (Triton bwd)':>34}")
+    log(f"{'pattern':<10} {'what':<36} {'ms':>8} {'TFLOP/s':>8}")
     for pattern in ("block_diagonal", "block_causal"):
         bits = named_pattern_bits(pattern, len(pn))
         q, k, v, dout = (torch.randn(b, h, L, head_dim, device=device, dtype=torch.bfloat16) for _ in range(4))
-        tables = bwd_tables(ext, pn, bits, b * h, head_dim, device)
         out, lse = cuda.forward(q, k, v, pn, bits, scale)
         fwd_flops = bm.useful_flops(pn, bits, b, h, head_dim)
         total_flops = bm.useful_flops(pn, bits, b, h, head_dim, with_backward=True)
-
-        def fwd(_):
-            return cuda.forward(q, k, v, pn, bits, scale)
-
-        def bwd(deterministic):
-            return lambda _: run_bwd(ext, tables, q, k, v, out, dout, lse, scale, deterministic)
-
-        def fwd_bwd(deterministic):
-            def call(_):
-                o, s = cuda.forward(q, k, v, pn, bits, scale)
-                return run_bwd(ext, tables, q, k, v, o, dout, s, scale, deterministic)
-            return call
-
         qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
 
         def backend_fwd_bwd(_):
             hmar_kernels.attention(qg, kg, vg, pn, pattern, backend="cuda").backward(dout)
 
-        cells = []
-        for call, flops in ((fwd, fwd_flops), (bwd(False), total_flops - fwd_flops),
-                            (bwd(True), total_flops - fwd_flops), (fwd_bwd(False), total_flops),
-                            (fwd_bwd(True), total_flops), (backend_fwd_bwd, total_flops)):
+        calls = [("cuda forward", lambda _: cuda.forward(q, k, v, pn, bits, scale), fwd_flops)]
+        for config in range(ext.num_configs):
+            tables = bwd_tables(ext, pn, bits, b * h, head_dim, config, device)
+
+            def bwd(_, tables=tables, config=config):
+                return run_bwd(ext, tables, q, k, v, out, dout, lse, scale, config)
+
+            def fwd_bwd(_, tables=tables, config=config):
+                o, s = cuda.forward(q, k, v, pn, bits, scale)
+                return run_bwd(ext, tables, q, k, v, o, dout, s, scale, config)
+
+            calls += [(f"bwd config {config}", bwd, total_flops - fwd_flops),
+                      (f"fwd + bwd config {config}", fwd_bwd, total_flops)]
+        calls.append(("backend cuda fwd+bwd (Triton bwd)", backend_fwd_bwd, total_flops))
+        for what, call, flops in calls:
             ms = bm.time_cuda(call).median_ms
-            cells.append(f"{ms:.3f} ({flops / ms / 1e9:.0f})")
-        log(f"{pattern[6:]:<10} {cells[0]:>14} {cells[1]:>14} {cells[2]:>14} {cells[3]:>16} {cells[4]:>14} "
-            f"{cells[5]:>34}")
+            log(f"{pattern[6:]:<10} {what:<36} {ms:>8.3f} {flops / ms / 1e9:>8.0f}")
     return True
 
 

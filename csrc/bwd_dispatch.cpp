@@ -1,5 +1,9 @@
-// The one place where the backward's runtime (dtype, head dim, deterministic) become template arguments.
-// Torch-free, like fwd_dispatch.cpp.
+// The one place where the backward's runtime (dtype, head dim, config) become template arguments. Torch-free,
+// like fwd_dispatch.cpp.
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
 #include <cutlass/numeric_types.h>
 
 #include "bwd_tile_size.h"
@@ -11,18 +15,27 @@ namespace hmar {
 void run_bwd(BwdParams const& params, cudaStream_t stream) {
     HMAR_FP16_SWITCH(params.is_bf16, [&] {
         HMAR_HEADDIM_SWITCH(params.head_dim, [&] {
-            if (params.deterministic) {
-                run_bwd_sm90<elem_type, kHeadDim, true>(params, stream);
-            } else {
-                run_bwd_sm90<elem_type, kHeadDim, false>(params, stream);
+            auto run = [&](auto config) { run_bwd_sm90<elem_type, kHeadDim, decltype(config)::value>(params, stream); };
+            static_assert(kNumBwdConfigsSm90 == 4, "one case per config");
+            switch (params.config) {
+            case 0: return run(std::integral_constant<int, 0>{});
+            case 1: return run(std::integral_constant<int, 1>{});
+            case 2: return run(std::integral_constant<int, 2>{});
+            case 3: return run(std::integral_constant<int, 3>{});
+            default: HMAR_NOT_BUILT("backward config", params.config);
             }
         });
     });
 }
 
-BwdTileShape bwd_tile_shape(int head_dim) {
-    BwdTileSm90 const tile = bwd_tile_sm90(head_dim);
-    return {tile.block_rows, tile.block_cols};
+BwdConfigInfo bwd_config_info(int head_dim, int config) {
+    if (config < 0 || config >= kNumBwdConfigsSm90) {
+        throw std::invalid_argument("backward config " + std::to_string(config) + " does not exist (0.." +
+                                    std::to_string(kNumBwdConfigsSm90 - 1) + ")");
+    }
+    BwdTileSm90 const tile = bwd_tile_sm90(head_dim, config);
+    bool const separate = tile.dq_mode == BwdDQMode::SeparatePass;
+    return {tile.block_rows, tile.block_cols, separate, !separate};
 }
 
 }  // namespace hmar

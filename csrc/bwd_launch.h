@@ -1,7 +1,7 @@
 // Launch template of the sm90a backward: composes the kernels from their collectives, builds the TMA descriptors
-// and launches, on one stream:
-//   atomic dQ (default):  preprocess (delta, lse_log2) → clear dq_accum → dK/dV kernel with atomic dQ → postprocess
-//   deterministic:        preprocess → dK/dV kernel → dQ pass (query tiles walking their key tiles, no atomics)
+// and launches, on one stream (the config's dQ mode, bwd_tile_size.h, picks the sequence):
+//   atomic dQ:      preprocess (delta, lse_log2) → clear dq_accum → dK/dV kernel with atomic dQ → postprocess
+//   separate pass:  preprocess → dK/dV kernel → dQ pass (query tiles walking their key tiles, no atomics)
 // Includes only CUDA and CUTLASS/CuTe.
 #pragma once
 
@@ -18,19 +18,20 @@
 
 namespace hmar {
 
-template <class Element, int kHeadDim, bool kDQPass, bool kAtomicDQ>
+template <class Element, int kHeadDim, int kConfig, BwdKernelKind kKind>
 struct BwdKernelSm90 {
-    static constexpr BwdTileSm90 kTile = bwd_tile_sm90(kHeadDim);
+    static constexpr BwdTileSm90 kTile = bwd_tile_sm90(kHeadDim, kConfig);
     using TileShape = Shape<Int<kTile.block_rows>, Int<kTile.block_cols>, Int<kHeadDim>>;
-    using Mainloop = CollectiveMainloopBwdSm90<kTile.stages, TileShape, Element, kDQPass, kAtomicDQ>;
+    using Mainloop = CollectiveMainloopBwdSm90<kTile.stages, TileShape, Element, kKind>;
     using Epilogue = CollectiveEpilogueBwd<typename Mainloop::TileShapeAcc, Element, typename Mainloop::TiledMmaAcc>;
     using Kernel = FlashAttnBwdSm90<Mainloop, Epilogue>;
 };
 
 // One launch of a backward kernel. Rows: (a1, a2) = (K, V) or (Q, dO); columns: (b1, b2) = (Q, dO) or (K, V).
-template <class Element, int kHeadDim, bool kDQPass, bool kAtomicDQ>
+template <class Element, int kHeadDim, int kConfig, BwdKernelKind kKind>
 void launch_bwd_kernel(BwdParams const& p, BwdTables const& tables, cudaStream_t stream) {
-    using Traits = BwdKernelSm90<Element, kHeadDim, kDQPass, kAtomicDQ>;
+    using Traits = BwdKernelSm90<Element, kHeadDim, kConfig, kKind>;
+    constexpr bool kDQPass = kKind == BwdKernelKind::DQ;
     using Mainloop = typename Traits::Mainloop;
     using Epilogue = typename Traits::Epilogue;
     using Kernel = typename Traits::Kernel;
@@ -71,16 +72,22 @@ void launch_bwd_kernel(BwdParams const& p, BwdTables const& tables, cudaStream_t
     kernel<<<tables.num_programs, Kernel::NumThreads, smem_size, stream>>>(params);
 }
 
-template <class Element, int kHeadDim, bool kDeterministic>
+template <class Element, int kHeadDim, int kConfig>
 void run_bwd_sm90(BwdParams const& p, cudaStream_t stream) {
+    constexpr BwdDQMode kMode = bwd_tile_sm90(kHeadDim, kConfig).dq_mode;
     run_bwd_preprocess<Element, kHeadDim>(p, stream);
-    if constexpr (kDeterministic) {
-        launch_bwd_kernel<Element, kHeadDim, /*kDQPass=*/false, /*kAtomicDQ=*/false>(p, p.kv, stream);
-        launch_bwd_kernel<Element, kHeadDim, /*kDQPass=*/true, /*kAtomicDQ=*/false>(p, p.q_tables, stream);
+    if constexpr (kMode == BwdDQMode::SeparatePass) {
+        launch_bwd_kernel<Element, kHeadDim, kConfig, BwdKernelKind::DKdV>(p, p.kv, stream);
+        launch_bwd_kernel<Element, kHeadDim, kConfig, BwdKernelKind::DQ>(p, p.q_tables, stream);
     } else {
-        cudaMemsetAsync(p.dq_accum, 0, sizeof(float) * size_t(p.batch) * p.heads * p.seqlen * kHeadDim, stream);
-        launch_bwd_kernel<Element, kHeadDim, /*kDQPass=*/false, /*kAtomicDQ=*/true>(p, p.kv, stream);
-        run_bwd_postprocess<Element, kHeadDim>(p, stream);
+        constexpr BwdKernelKind kKind = kMode == BwdDQMode::AtomicSplit ? BwdKernelKind::DKdVAtomicDQSplit
+                                        : kMode == BwdDQMode::BulkSplit ? BwdKernelKind::DKdVBulkDQSplit
+                                                                        : BwdKernelKind::DKdVAtomicDQ;
+        using Mainloop = typename BwdKernelSm90<Element, kHeadDim, kConfig, kKind>::Mainloop;
+        size_t const accum_rows = size_t(p.seqlen) + Mainloop::kBlockN;
+        cudaMemsetAsync(p.dq_accum, 0, sizeof(float) * size_t(p.batch) * p.heads * accum_rows * kHeadDim, stream);
+        launch_bwd_kernel<Element, kHeadDim, kConfig, kKind>(p, p.kv, stream);
+        run_bwd_postprocess<Element, kHeadDim, Mainloop::kDQAccumSplits, Mainloop::kBlockN>(p, stream);
     }
 }
 

@@ -1,22 +1,24 @@
 // Backward mainloop collective for sm90a: TMA producer and wgmma consumers.
 //
-// A CTA owns block_rows *rows* and walks the *column* tiles that the TileMask lists for them. Two instances:
-//   dK/dV (kDQPass = false): rows are keys, columns queries (the transposed pattern's TileMask). Row operands
+// A CTA owns block_rows *rows* and walks the *column* tiles that the TileMask lists for them. Two roles:
+//   dK/dV (every kind but DQ): rows are keys, columns queries (the transposed pattern's TileMask). Row operands
 //       A1 = K, A2 = V; column operands B1 = Q, B2 = dO. LSE and delta belong to the columns.
-//   dQ pass (kDQPass = true): rows are queries, columns keys (the forward's TileMask). A1 = Q, A2 = dO; B1 = K,
-//       B2 = V. LSE and delta belong to the rows.
+//   dQ pass (kind DQ): rows are queries, columns keys (the forward's TileMask). A1 = Q, A2 = dO; B1 = K, B2 = V.
+//       LSE and delta belong to the rows.
 // Per column tile, each consumer warpgroup (64 rows) computes, with P = exp2(S·scale_log2 − lse_log2),
 //   S = A1·B1ᵀ, dP = A2·B2ᵀ                        (SS wgmma, both K-major)
 //   dS = P ∘ (dP − delta)                          (registers)
 //   acc1 += dS·B1                                  (RS wgmma: dS from registers, B1 read transposed, MN-major)
 //   acc2 += P·B2 (dK/dV only)                      (RS wgmma)
-// so acc1 = dK / softmax_scale and acc2 = dV, or acc1 = dQ / softmax_scale in the dQ pass. With kAtomicDQ the
-// dK/dV instance also writes dS to shared memory and computes dQ_partial = dS_wᵀ·K_w over its own 64 keys (SS
-// wgmma, both operands read transposed), added to dq_accum with fp32 atomics.
+// so acc1 = dK / softmax_scale and acc2 = dV, or acc1 = dQ / softmax_scale in the dQ pass. The atomic kinds also
+// write dS to shared memory and add dQ_partial = dSᵀ·K (SS wgmma, both operands read transposed) to dq_accum with
+// fp32 atomics: per warpgroup over its own 64 keys (DKdVAtomicDQ), or over all 128 keys for half of the head dims
+// (DKdVAtomicDQSplit: half the atomics; DKdVBulkDQSplit: the same dQ through shared memory and one TMA bulk
+// reduce-add of 64 rows per warpgroup instead of per-thread atomics).
 //
 // Masking: partial column tiles run the forward's mask policy (BlockSparseMask: S = −inf where a row must not see
 // a column), so P = 0 there; lse_log2 is +inf for columns past L and for rows that see nothing. Rows computed past
-// the row tile's row_end belong to another CTA: with kAtomicDQ their P is zeroed so that they add nothing to dQ
+// the row tile's row_end belong to another CTA: the atomic kinds zero their P so that they add nothing to dQ
 // (their dK/dV are computed and dropped).
 #pragma once
 
@@ -38,11 +40,20 @@ using namespace cute;
 // Named barriers of the backward (ids after CUTLASS's reserved ones, like FwdNamedBarriers): one per consumer
 // warpgroup around its dS slab in shared memory.
 enum class BwdNamedBarriers : uint32_t {
-    DSWG1 = 0,
+    DSWG1 = 0,  // DSWG1, DSWG2: one consumer warpgroup around its dS slab (DKdVAtomicDQ)
     DSWG2 = 1,
+    DSAll = 2,  // both consumer warpgroups around the whole dS tile (DKdVAtomicDQSplit)
 };
 
-template <int kStages_, class TileShape_, class Element_, bool kDQPass_, bool kAtomicDQ_>
+enum class BwdKernelKind {
+    DKdV,               // dK, dV only (the deterministic path's first kernel)
+    DKdVAtomicDQ,       // dK, dV, and dQ per warpgroup by fp32 atomics
+    DKdVAtomicDQSplit,  // dK, dV, and dQ split over head dims between the warpgroups, by fp32 atomics
+    DKdVBulkDQSplit,    // the same split, dQ added by TMA bulk reduce-add (cp.reduce.async.bulk) from shared memory
+    DQ,                 // the deterministic path's dQ pass
+};
+
+template <int kStages_, class TileShape_, class Element_, BwdKernelKind kKind_>
 struct CollectiveMainloopBwdSm90 {
     using TileShape = TileShape_;  // (kBlockM rows, kBlockN columns, kHeadDim)
     using Element = Element_;
@@ -50,9 +61,15 @@ struct CollectiveMainloopBwdSm90 {
     static constexpr int kBlockM = get<0>(TileShape{});
     static constexpr int kBlockN = get<1>(TileShape{});
     static constexpr int kHeadDim = get<2>(TileShape{});
-    static constexpr bool kDQPass = kDQPass_;
-    static constexpr bool kAtomicDQ = kAtomicDQ_;
-    static_assert(!(kDQPass && kAtomicDQ));
+    static constexpr BwdKernelKind kKind = kKind_;
+    static constexpr bool kDQPass = kKind == BwdKernelKind::DQ;
+    static constexpr bool kDQBulk = kKind == BwdKernelKind::DKdVBulkDQSplit;
+    static constexpr bool kDQSplit = kKind == BwdKernelKind::DKdVAtomicDQSplit || kDQBulk;
+    static constexpr bool kAtomicDQ = kKind == BwdKernelKind::DKdVAtomicDQ || kDQSplit;
+    // dq_accum is (B, H, kDQAccumSplits, L + kBlockN, D / kDQAccumSplits) fp32: with the bulk reduce-add each
+    // warpgroup's (64 columns, D/2) block is contiguous in global memory; the kBlockN padding rows absorb columns
+    // past L.
+    static constexpr int kDQAccumSplits = kDQBulk ? kBlockM / 64 : 1;  // one per consumer warpgroup
     static constexpr bool kHasAcc2 = !kDQPass;
     static_assert(kBlockM == 128, "two consumer warpgroups of 64 rows");
     static_assert(kBlockN == 64, "the dQ update reads dS_w (64 columns) as one 128-byte swizzled slab");
@@ -76,6 +93,12 @@ struct CollectiveMainloopBwdSm90 {
     using TiledMmaDQ = decltype(make_tiled_mma(
         GMMA::ss_op_selector<Element, Element, float, TileShapeDQ, GMMA::Major::MN, GMMA::Major::MN>(),
         Layout<Shape<_1, _1, _1>>{}));
+    // Split: dQ (cols, D) += dSᵀ (cols, all rows) · K (rows, D), warpgroup w computing head dims
+    // [w·D/2, (w+1)·D/2) (the atom's N; for D = 64 that is half a 128-byte swizzle row of the transposed K view).
+    using TileShapeDQSplit = Shape<Int<kBlockN>, Int<kHeadDim / NumMmaWarpGroups>, Int<kBlockM>>;
+    using TiledMmaDQSplit = decltype(make_tiled_mma(
+        GMMA::ss_op_selector<Element, Element, float, TileShapeDQSplit, GMMA::Major::MN, GMMA::Major::MN>(),
+        Layout<Shape<_1, Int<NumMmaWarpGroups>, _1>>{}));
 
     // 128-byte swizzled tiles (rows of 64 elements), 1024-byte aligned. Transposed views by composition.
     using SmemLayoutRow = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{},
@@ -118,6 +141,8 @@ struct CollectiveMainloopBwdSm90 {
         cute::array_aligned<Element, cute::cosize_v<SmemLayoutCol>, 1024> smem_b1;
         cute::array_aligned<Element, cute::cosize_v<SmemLayoutCol>, 1024> smem_b2;
         cute::array_aligned<Element, kAtomicDQ ? cute::cosize_v<SmemLayoutDS> : 1, 1024> smem_ds;
+        // DKdVBulkDQSplit: each warpgroup's dQ block (kBlockN, D/2) fp32, row-major (the bulk copy's source).
+        cute::array_aligned<float, kDQBulk ? kBlockN * kHeadDim : 1, 128> smem_dq;
     };
 
     struct Arguments {
@@ -129,7 +154,7 @@ struct CollectiveMainloopBwdSm90 {
         StrideQKV stride_a1, stride_a2, stride_b1, stride_b2;
         float const* lse_log2;  // (B, H, L)
         float const* delta;     // (B, H, L)
-        float* dq_accum;        // (B, H, L, D), kAtomicDQ only
+        float* dq_accum;        // (B, H, kDQAccumSplits, L + kBlockN, D / kDQAccumSplits), kAtomicDQ only
         float softmax_scale_log2;
         TileMaskParams mask;
     };
@@ -223,7 +248,8 @@ struct CollectiveMainloopBwdSm90 {
                             int bidb) {
         int const seqlen = get<0>(params.shape);
         int const heads = get<2>(params.shape);
-        int64_t const plane = (int64_t(bidb) * heads + bidh) * seqlen;  // (B, H, L) offset of this head
+        int64_t const bh = int64_t(bidb) * heads + bidh;
+        int64_t const plane = bh * seqlen;  // (B, H, L) offset of this head
         float const* lse_log2 = params.lse_log2 + plane;
         float const* delta = params.delta + plane;
         int const* col_start = params.mask.col_start + tile.first;
@@ -330,13 +356,19 @@ struct CollectiveMainloopBwdSm90 {
                 }
             }
             convert(tSrdP, tAccdS);
+            if constexpr (kDQSplit) { ds_to_smem(storage, tAccdS, thread_idx); }
             if constexpr (kHasAcc2) {
                 convert(tSrS, tAccP);
                 gemm</*zero_init=*/false, /*wg_wait=*/-1>(tiled_mma_acc, tAccP, tAccB2(_, _, _, stage), acc2);
             }
             gemm</*zero_init=*/false, /*wg_wait=*/-1>(tiled_mma_acc, tAccdS, tAccB1(_, _, _, stage), acc1);
-            if constexpr (kAtomicDQ) {
-                dq_update(params, storage, tAccdS, thread_idx, col0, seqlen, plane);
+            if constexpr (kDQSplit) {
+                // dK/dV first: P and dS registers die before the dQ accumulator is live (D = 128 spilled 108
+                // bytes with both in flight).
+                warpgroup_wait<0>();
+                dq_update_split(params, storage, thread_idx, col0, seqlen, bh, i > 0);
+            } else if constexpr (kAtomicDQ) {
+                dq_update(params, storage, tAccdS, thread_idx, col0, seqlen, bh);
             }
             warpgroup_wait<0>();
             warpgroup_fence_operand(acc1);
@@ -346,27 +378,42 @@ struct CollectiveMainloopBwdSm90 {
         }
         pipeline_row.consumer_release(row_read);
         ++row_read;
+        if constexpr (kDQBulk) {
+            // The last bulk reduce-add must have read its shared-memory block before the CTA exits, and be complete
+            // before the postprocess kernel reads dq_accum.
+            if (thread_idx % cutlass::NumThreadsPerWarpGroup == 0) {
+                asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+            }
+        }
+    }
+
+    // This thread's dS values (16-bit, in the S accumulator's order) into the dS tile (rows, cols) by stmatrix, made
+    // visible to wgmma. Callers synchronise around it.
+    template <class FrgDS>
+    CUTLASS_DEVICE static void ds_stmatrix(TensorStorage& storage, FrgDS const& tAccdS, int thread_idx) {
+        using LayoutAccS = decltype(partition_fragment_C(TiledMmaSdP{}, select<0, 1>(TileShape{})).layout());
+        Tensor sDS = make_tensor(make_smem_ptr(storage.smem_ds.data()), SmemLayoutDS{});  // (rows, cols)
+        auto smem_tiled_copy = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, TiledMmaSdP{});
+        auto smem_thr_copy = smem_tiled_copy.get_thread_slice(thread_idx);
+        Tensor tDSr = make_tensor(tAccdS.data(), LayoutAccS{});
+        copy(smem_tiled_copy, smem_thr_copy.retile_S(tDSr), smem_thr_copy.partition_D(sDS));
+        cutlass::arch::fence_view_async_shared();  // stmatrix (generic proxy) → wgmma reads (async proxy)
     }
 
     // dQ_partial (cols, D) = dS_wᵀ · A1_w over this warpgroup's 64 rows (keys), added to dq_accum with fp32 atomics
     // (red.global.add.v2.f32). dS_w goes through this warpgroup's 64-row slab of shared memory.
     template <class FrgDS>
     CUTLASS_DEVICE void dq_update(Params const& params, TensorStorage& storage, FrgDS const& tAccdS,
-                                  int thread_idx, int col0, int seqlen, int64_t plane) {
+                                  int thread_idx, int col0, int seqlen, int64_t bh) {
         int const wg = thread_idx / cutlass::NumThreadsPerWarpGroup;
         int const wg_thread = thread_idx % cutlass::NumThreadsPerWarpGroup;
         uint32_t const barrier = uint32_t(BwdNamedBarriers::DSWG1) + wg;
-        Tensor sDS = make_tensor(make_smem_ptr(storage.smem_ds.data()), SmemLayoutDS{});    // (rows, cols)
         Tensor sDSt = make_tensor(make_smem_ptr(storage.smem_ds.data()), SmemLayoutDSt{});  // (cols, rows)
         Tensor sA1t = make_tensor(make_smem_ptr(storage.smem_a1.data()), SmemLayoutRowT{}); // (D, rows)
 
         // The previous column tile's dQ wgmma of every warp of this warpgroup has read the slab.
         cutlass::arch::NamedBarrier::sync(cutlass::NumThreadsPerWarpGroup, barrier);
-        auto smem_tiled_copy = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, TiledMmaSdP{});
-        auto smem_thr_copy = smem_tiled_copy.get_thread_slice(thread_idx);
-        Tensor tDSr = make_tensor(tAccdS.data(), partition_fragment_C(TiledMmaSdP{}, select<0, 1>(TileShape{})).layout());
-        copy(smem_tiled_copy, smem_thr_copy.retile_S(tDSr), smem_thr_copy.partition_D(sDS));
-        cutlass::arch::fence_view_async_shared();  // stmatrix (generic proxy) → wgmma reads (async proxy)
+        ds_stmatrix(storage, tAccdS, thread_idx);
         cutlass::arch::NamedBarrier::sync(cutlass::NumThreadsPerWarpGroup, barrier);
 
         TiledMmaDQ tiled_mma_dq;
@@ -374,7 +421,7 @@ struct CollectiveMainloopBwdSm90 {
         Tensor sDSt_w = local_tile(sDSt, Shape<Int<kBlockN>, _64>{}, make_coord(_0{}, wg));  // (cols, 64)
         Tensor tDQrA = thr_mma_dq.partition_fragment_A(sDSt_w);
         Tensor tDQc = thr_mma_dq.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kDQChunk>>{}));
-        float* dq_accum = params.dq_accum + plane * kHeadDim;
+        float* dq_accum = params.dq_accum + bh * (seqlen + kBlockN) * kHeadDim;
         CUTLASS_PRAGMA_UNROLL
         for (int chunk = 0; chunk < kDQChunks; ++chunk) {
             Tensor sA1t_w = local_tile(sA1t, Shape<Int<kDQChunk>, _64>{}, make_coord(chunk, wg));  // (64 dims, 64)
@@ -390,6 +437,81 @@ struct CollectiveMainloopBwdSm90 {
                     atomicAdd(reinterpret_cast<float2*>(dst), make_float2(tDQrDQ(v), tDQrDQ(v + 1)));
                 }
             }
+        }
+    }
+
+    // Split dQ, first half: both warpgroups' dS into the shared-memory tile (rows, cols).
+    template <class FrgDS>
+    CUTLASS_DEVICE void ds_to_smem(TensorStorage& storage, FrgDS const& tAccdS, int thread_idx) {
+        // The previous column tile's dQ wgmma of both warpgroups has read the tile.
+        cutlass::arch::NamedBarrier::sync(NumMmaThreads, uint32_t(BwdNamedBarriers::DSAll));
+        ds_stmatrix(storage, tAccdS, thread_idx);
+    }
+
+    // Split dQ, second half: dQ (cols, D) = dSᵀ · A1 over all kBlockM rows (keys), warpgroup w computing head dims
+    // [w·D/2, (w+1)·D/2), added to dq_accum with fp32 atomics, or by one bulk reduce-add per warpgroup.
+    // bulk_pending: a previous column tile's bulk reduce-add may still read smem_dq.
+    CUTLASS_DEVICE void dq_update_split(Params const& params, TensorStorage& storage, int thread_idx, int col0,
+                                        int seqlen, int64_t bh, bool bulk_pending) {
+        Tensor sDSt = make_tensor(make_smem_ptr(storage.smem_ds.data()), SmemLayoutDSt{});  // (cols, rows)
+        Tensor sA1t = make_tensor(make_smem_ptr(storage.smem_a1.data()), SmemLayoutRowT{}); // (D, rows)
+        cutlass::arch::NamedBarrier::sync(NumMmaThreads, uint32_t(BwdNamedBarriers::DSAll));  // dS tile complete
+
+        TiledMmaDQSplit tiled_mma_dq;
+        int const wg = thread_idx / cutlass::NumThreadsPerWarpGroup;
+        auto wg_mma_dq = tiled_mma_dq.get_slice(wg * cutlass::NumThreadsPerWarpGroup);
+        Tensor tDQrA = wg_mma_dq.partition_fragment_A(sDSt);  // (MMA, MMA_M, MMA_K)
+        Tensor tDQrB = wg_mma_dq.partition_fragment_B(sA1t);  // (MMA, MMA_N, MMA_K)
+        Tensor tDQrDQ = partition_fragment_C(tiled_mma_dq, Shape<Int<kBlockN>, Int<kHeadDim>>{});
+        Tensor tDQc = tiled_mma_dq.get_thread_slice(thread_idx).partition_C(
+            make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{}));
+        gemm</*zero_init=*/true, /*wg_wait=*/0>(tiled_mma_dq, tDQrA, tDQrB, tDQrDQ);
+        if constexpr (kDQBulk) {
+            dq_bulk_add(params, storage, tDQrDQ, tDQc, thread_idx, col0, seqlen, bh, bulk_pending);
+        } else {
+            float* dq_accum = params.dq_accum + bh * (seqlen + kBlockN) * kHeadDim;
+            // Accumulator values come in pairs of adjacent columns: one 8-byte vector atomic each.
+            CUTLASS_PRAGMA_UNROLL
+            for (int v = 0; v < size(tDQrDQ); v += 2) {
+                int const col = col0 + get<0>(tDQc(v));
+                if (col < seqlen) {
+                    float* dst = dq_accum + int64_t(col) * kHeadDim + get<1>(tDQc(v));
+                    atomicAdd(reinterpret_cast<float2*>(dst), make_float2(tDQrDQ(v), tDQrDQ(v + 1)));
+                }
+            }
+        }
+    }
+
+    // This warpgroup's dQ block (kBlockN columns, D/2 head dims from w·D/2) → smem_dq (row-major fp32) → one
+    // cp.reduce.async.bulk add.f32 into its contiguous block of dq_accum, issued by the warpgroup's first thread.
+    template <class FrgDQ, class CoordDQ>
+    CUTLASS_DEVICE void dq_bulk_add(Params const& params, TensorStorage& storage, FrgDQ const& tDQrDQ,
+                                    CoordDQ const& tDQc, int thread_idx, int col0, int seqlen, int64_t bh,
+                                    bool bulk_pending) {
+        constexpr int kDims = kHeadDim / NumMmaWarpGroups;  // head dims of this warpgroup
+        constexpr uint32_t kBytes = kBlockN * kDims * sizeof(float);
+        int const wg = thread_idx / cutlass::NumThreadsPerWarpGroup;
+        bool const issuer = thread_idx % cutlass::NumThreadsPerWarpGroup == 0;
+        uint32_t const barrier = uint32_t(BwdNamedBarriers::DSWG1) + wg;
+        float* block = storage.smem_dq.data() + wg * kBlockN * kDims;
+        if (bulk_pending) {  // the previous reduce-add has read the block before anyone overwrites it
+            if (issuer) { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
+            cutlass::arch::NamedBarrier::sync(cutlass::NumThreadsPerWarpGroup, barrier);
+        }
+        CUTLASS_PRAGMA_UNROLL
+        for (int v = 0; v < size(tDQrDQ); v += 2) {
+            int const col = get<0>(tDQc(v));
+            int const dim = get<1>(tDQc(v)) - wg * kDims;
+            *reinterpret_cast<float2*>(block + col * kDims + dim) = make_float2(tDQrDQ(v), tDQrDQ(v + 1));
+        }
+        cutlass::arch::fence_view_async_shared();  // generic-proxy writes → the bulk copy (async proxy)
+        cutlass::arch::NamedBarrier::sync(cutlass::NumThreadsPerWarpGroup, barrier);
+        if (issuer) {
+            int64_t const rows = seqlen + kBlockN;
+            float* dst = params.dq_accum + ((bh * NumMmaWarpGroups + wg) * rows + col0) * kDims;
+            asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
+                         :: "l"(dst), "r"(cute::cast_smem_ptr_to_uint(block)), "r"(kBytes) : "memory");
+            asm volatile("cp.async.bulk.commit_group;" ::: "memory");
         }
     }
 };

@@ -38,7 +38,7 @@ struct BwdParams {
     int64_t do_batch_stride, do_head_stride, do_row_stride;
     float const* lse;  // (B, H, L) fp32 contiguous, natural log, -inf where a row sees no key (the forward's)
 
-    // Outputs (B, H, L, D), unit stride on D, row strides even (bf16x2 / half2 stores).
+    // Outputs (B, H, L, D), unit stride on D, other strides multiples of 4 (8-byte stores of dQ).
     void* dq;
     void* dk;
     void* dv;
@@ -49,8 +49,8 @@ struct BwdParams {
     // Workspace, fp32 contiguous, written by the launch (no need to clear them):
     float* delta;     // (B, H, L): rowsum(dO ∘ O)
     float* lse_log2;  // (B, H, L): lse · log2(e), +inf where lse = -inf (such a row's P is 0 everywhere)
-    float* dq_accum;  // (B, H, L, D): dQ / softmax_scale accumulated by atomics; unused (may be null) when
-                      // deterministic
+    float* dq_accum;  // B·H·(L + block_cols)·D floats: dQ / softmax_scale accumulated by atomics (layout: the
+                      // mainloop's kDQAccumSplits); unused (may be null) by the deterministic config
 
     int batch, heads, seqlen, head_dim;
     bool is_bf16;
@@ -60,26 +60,31 @@ struct BwdParams {
     // dK/dV kernel: TileMask of the transposed pattern (rows = keys, columns = queries), built with
     // bwd_tile_sm90's (block_m = rows, block_n = cols): tile_mask(patch_nums, transpose_bits(bits), rows, cols).
     BwdTables kv;
-    // Deterministic dQ pass: the forward pattern's TileMask with the same (rows, cols): rows are queries.
+    // Separate dQ pass (deterministic config): the forward pattern's TileMask with the same (rows, cols): rows are
+    // queries.
     BwdTables q_tables;
-    // false: dQ by fp32 atomics from the dK/dV kernel + a conversion pass (one read of K, V, Q, dO per visit);
-    // true: a separate dQ pass walking query tiles, no atomics, bit-identical results run to run.
-    bool deterministic;
+    // Index into bwd_tile_sm90's table (bwd_tile_size.h): the dQ strategy. Atomic configs: dQ by fp32 atomics
+    // from the dK/dV kernel + a conversion pass; the SeparatePass config: a separate dQ pass walking query tiles,
+    // no atomics, bit-identical results run to run.
+    int config;
 };
 
-// Defined, one per (dtype, head dim, deterministic), in instantiations/bwd_*.cu.
-template <class Element, int kHeadDim, bool kDeterministic>
+// Defined, one per (dtype, head dim, config), in instantiations/bwd_*.cu.
+template <class Element, int kHeadDim, int kConfig>
 void run_bwd_sm90(BwdParams const& params, cudaStream_t stream);
 
-// The dispatcher (bwd_dispatch.cpp): (is_bf16, head_dim, deterministic) → run_bwd_sm90<...>. Throws
+// The dispatcher (bwd_dispatch.cpp): (is_bf16, head_dim, config) → run_bwd_sm90<...>. Throws
 // std::invalid_argument for a combination that was not built.
 void run_bwd(BwdParams const& params, cudaStream_t stream);
 
-// (rows, cols) of the backward's tiles for a head dim: the TileMasks of BwdParams must be built with them.
-struct BwdTileShape {
+// What the binding needs of a config: (rows, cols) of its tiles (the TileMasks of BwdParams must be built with
+// them), whether it is deterministic, whether it needs dq_accum (of B·H·(L + block_cols)·D floats).
+struct BwdConfigInfo {
     int block_rows;
     int block_cols;
+    bool deterministic;
+    bool needs_dq_accum;
 };
-BwdTileShape bwd_tile_shape(int head_dim);
+BwdConfigInfo bwd_config_info(int head_dim, int config);  // throws std::invalid_argument for an unknown config
 
 }  // namespace hmar

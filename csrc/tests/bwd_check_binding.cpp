@@ -5,8 +5,11 @@
 
 #include <cuda_runtime_api.h>
 
+#include <stdexcept>
+#include <tuple>
 #include <vector>
 
+#include "bwd_tile_size.h"
 #include "flash_bwd.h"
 
 namespace {
@@ -34,11 +37,20 @@ hmar::BwdTables tables_of(std::vector<at::Tensor> const& t, at::Tensor const& q,
     return {p(0), p(1), p(2), p(3), p(4), p(5), p(6), p(7), p(8), int(t[8].size(0))};
 }
 
+hmar::BwdConfigInfo config_info_checked(int64_t head_dim, int64_t config) {
+    try {
+        return hmar::bwd_config_info(int(head_dim), int(config));
+    } catch (std::invalid_argument const& e) {
+        TORCH_CHECK_VALUE(false, "hmar backward: ", e.what());
+    }
+}
+
 // Returns (dq, dk, dv). kv_tables: the transposed pattern's TileMask (rows = keys) + its program table; q_tables:
-// the forward pattern's TileMask (rows = queries) + its program table; both built with bwd_tile_shape(D).
+// the forward pattern's TileMask (rows = queries) + its program table; both built with config_info(D, config)'s
+// (rows, cols).
 std::vector<at::Tensor> bwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor const& out,
                             at::Tensor const& dout, at::Tensor const& lse, std::vector<at::Tensor> const& kv_tables,
-                            std::vector<at::Tensor> const& q_tables, double softmax_scale, bool deterministic,
+                            std::vector<at::Tensor> const& q_tables, double softmax_scale, int64_t config,
                             int64_t stream) {
     check_input(q, "q", q);
     check_input(k, "k", q);
@@ -47,6 +59,7 @@ std::vector<at::Tensor> bwd(at::Tensor const& q, at::Tensor const& k, at::Tensor
     check_input(dout, "dout", q);
     TORCH_CHECK(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf, "q must be bf16 or fp16");
     int64_t const B = q.size(0), H = q.size(1), L = q.size(2), D = q.size(3);
+    hmar::BwdConfigInfo const info = config_info_checked(D, config);
     TORCH_CHECK(lse.is_cuda() && lse.scalar_type() == at::kFloat && lse.is_contiguous() &&
                 lse.sizes() == at::IntArrayRef({B, H, L}), "lse must be contiguous fp32 (B, H, L)");
     auto opts = q.options();
@@ -54,7 +67,8 @@ std::vector<at::Tensor> bwd(at::Tensor const& q, at::Tensor const& k, at::Tensor
                dv = at::empty({B, H, L, D}, opts);
     at::Tensor delta = at::empty({B, H, L}, opts.dtype(at::kFloat));
     at::Tensor lse_log2 = at::empty({B, H, L}, opts.dtype(at::kFloat));
-    at::Tensor dq_accum = deterministic ? at::Tensor() : at::empty({B, H, L, D}, opts.dtype(at::kFloat));
+    at::Tensor dq_accum = info.needs_dq_accum ? at::empty({B, H, L + info.block_cols, D}, opts.dtype(at::kFloat))
+                                               : at::Tensor();
 
     hmar::BwdParams p{};
     p.q = q.data_ptr();
@@ -81,7 +95,7 @@ std::vector<at::Tensor> bwd(at::Tensor const& q, at::Tensor const& k, at::Tensor
     strides(dv, p.dv_batch_stride, p.dv_head_stride, p.dv_row_stride);
     p.delta = delta.data_ptr<float>();
     p.lse_log2 = lse_log2.data_ptr<float>();
-    p.dq_accum = deterministic ? nullptr : dq_accum.data_ptr<float>();
+    p.dq_accum = info.needs_dq_accum ? dq_accum.data_ptr<float>() : nullptr;
     p.batch = int(B);
     p.heads = int(H);
     p.seqlen = int(L);
@@ -91,7 +105,7 @@ std::vector<at::Tensor> bwd(at::Tensor const& q, at::Tensor const& k, at::Tensor
     p.softmax_scale_log2 = float(softmax_scale * 1.4426950408889634);
     p.kv = tables_of(kv_tables, q, "kv_tables");
     p.q_tables = tables_of(q_tables, q, "q_tables");
-    p.deterministic = deterministic;
+    p.config = int(config);
     int device = -1;
     cudaGetDevice(&device);
     TORCH_CHECK(device == q.device().index(), "call with q's device current (torch.cuda.device(q.device))");
@@ -105,14 +119,17 @@ std::vector<at::Tensor> bwd(at::Tensor const& q, at::Tensor const& k, at::Tensor
     return {dq, dk, dv};
 }
 
-std::vector<int64_t> tile_shape(int64_t head_dim) {
-    hmar::BwdTileShape const t = hmar::bwd_tile_shape(int(head_dim));
-    return {t.block_rows, t.block_cols};
+// (block_rows, block_cols, deterministic) of a config.
+std::tuple<int64_t, int64_t, bool> config_info(int64_t head_dim, int64_t config) {
+    hmar::BwdConfigInfo const info = config_info_checked(head_dim, config);
+    return {info.block_rows, info.block_cols, info.deterministic};
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("bwd", &bwd, "sm90a block-sparse attention backward: (dq, dk, dv)");
-    m.def("tile_shape", &tile_shape, "(rows, cols) of the backward's TileMasks for a head dim");
+    m.def("config_info", &config_info, "(rows, cols, deterministic) of a backward config: rows and cols are the "
+          "TileMasks' tile shape");
+    m.attr("num_configs") = hmar::kNumBwdConfigsSm90;
 }

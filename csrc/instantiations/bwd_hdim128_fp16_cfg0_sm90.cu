@@ -3,6 +3,6 @@
 #include "../bwd_launch.h"
 
 namespace hmar {
-template void run_bwd_sm90<cutlass::half_t, 128, false>(BwdParams const&, cudaStream_t);
+template void run_bwd_sm90<cutlass::half_t, 128, 0>(BwdParams const&, cudaStream_t);
 }  // namespace hmar
 #endif
