@@ -54,7 +54,8 @@ class Log:
         self.lines.append(line)
 
 
-def build_extension(log: Log):
+def build_extension(log):
+    """Build (or load from TORCH_EXTENSIONS_DIR) the backward's standalone binding; log(str) reports the time."""
     from torch.utils.cpp_extension import load
 
     csrc = _build.CSRC

@@ -22,7 +22,7 @@ template <class Element, int kHeadDim, int kConfig, BwdKernelKind kKind>
 struct BwdKernelSm90 {
     static constexpr BwdTileSm90 kTile = bwd_tile_sm90(kHeadDim, kConfig);
     using TileShape = Shape<Int<kTile.block_rows>, Int<kTile.block_cols>, Int<kHeadDim>>;
-    using Mainloop = CollectiveMainloopBwdSm90<kTile.stages, TileShape, Element, kKind>;
+    using Mainloop = CollectiveMainloopBwdSm90<kTile.stages, TileShape, Element, kKind, kTile.overlap_acc>;
     using Epilogue = CollectiveEpilogueBwd<typename Mainloop::TileShapeAcc, Element, typename Mainloop::TiledMmaAcc>;
     using Kernel = FlashAttnBwdSm90<Mainloop, Epilogue>;
 };

@@ -53,7 +53,7 @@ enum class BwdKernelKind {
     DQ,                 // the deterministic path's dQ pass
 };
 
-template <int kStages_, class TileShape_, class Element_, BwdKernelKind kKind_>
+template <int kStages_, class TileShape_, class Element_, BwdKernelKind kKind_, bool kOverlapAcc_>
 struct CollectiveMainloopBwdSm90 {
     using TileShape = TileShape_;  // (kBlockM rows, kBlockN columns, kHeadDim)
     using Element = Element_;
@@ -70,6 +70,10 @@ struct CollectiveMainloopBwdSm90 {
     // warpgroup's (64 columns, D/2) block is contiguous in global memory; the kBlockN padding rows absorb columns
     // past L.
     static constexpr int kDQAccumSplits = kDQBulk ? kBlockM / 64 : 1;  // one per consumer warpgroup
+    // Leave a column tile's acc wgmma (dS·B1, P·B2) in flight until the next tile's S is ready, and release its
+    // shared-memory stage then: the next tile's pipeline wait, index loads and S/dP issue overlap them. With the
+    // split dQ, the dQ wgmma is issued first (it waits for everything before it); not with the per-warpgroup dQ.
+    static constexpr bool kOverlapAcc = kOverlapAcc_ && (!kAtomicDQ || kDQSplit);
     static constexpr bool kHasAcc2 = !kDQPass;
     static_assert(kBlockM == 128, "two consumer warpgroups of 64 rows");
     static_assert(kBlockN == 64, "the dQ update reads dS_w (64 columns) as one 128-byte swizzled slab");
@@ -322,6 +326,7 @@ struct CollectiveMainloopBwdSm90 {
         };
 
         pipeline_row.consumer_wait(row_read);
+        PipelineStateCol prev_read = col_read;  // kOverlapAcc: the stage still read by the previous acc wgmma
         CUTLASS_PRAGMA_NO_UNROLL
         for (int i = 0; i < tile.count; ++i) {
             int const col0 = __ldg(col_start + i);
@@ -332,8 +337,11 @@ struct CollectiveMainloopBwdSm90 {
             pipeline_col.consumer_wait(col_read);
             gemm</*zero_init=*/true, /*wg_wait=*/-1>(tiled_mma_sdp, tSrA1, tSrB1(_, _, _, stage), tSrS);
             gemm</*zero_init=*/true, /*wg_wait=*/-1>(tiled_mma_sdp, tSrA2, tSrB2(_, _, _, stage), tSrdP);
-            warpgroup_wait<1>();
+            warpgroup_wait<1>();  // S done, and everything issued before it (groups complete in order)
             warpgroup_fence_operand(tSrS);
+            if constexpr (kOverlapAcc) {
+                if (i > 0) { pipeline_col.consumer_release(prev_read); }
+            }
             if (i >= tile.num_full) { mask.before_softmax(tSrS_rc, ColTile{col0, __ldg(col_end + i)}); }
             float const scale_log2 = params.softmax_scale_log2;
             CUTLASS_PRAGMA_UNROLL
@@ -347,6 +355,8 @@ struct CollectiveMainloopBwdSm90 {
             }
             warpgroup_wait<0>();
             warpgroup_fence_operand(tSrdP);
+            warpgroup_fence_operand(tAccP);  // the previous acc wgmma read them: overwrite only from here on
+            warpgroup_fence_operand(tAccdS);
             CUTLASS_PRAGMA_UNROLL
             for (int r = 0; r < kRows; ++r) {
                 CUTLASS_PRAGMA_UNROLL
@@ -356,25 +366,38 @@ struct CollectiveMainloopBwdSm90 {
                 }
             }
             convert(tSrdP, tAccdS);
-            if constexpr (kDQSplit) { ds_to_smem(storage, tAccdS, thread_idx); }
+            if constexpr (kHasAcc2) { convert(tSrS, tAccP); }
+            if constexpr (kDQSplit) {
+                ds_to_smem(storage, tAccdS, thread_idx);
+                if constexpr (kOverlapAcc) { dq_update_split(params, storage, thread_idx, col0, seqlen, bh, i > 0); }
+            }
             if constexpr (kHasAcc2) {
-                convert(tSrS, tAccP);
                 gemm</*zero_init=*/false, /*wg_wait=*/-1>(tiled_mma_acc, tAccP, tAccB2(_, _, _, stage), acc2);
             }
             gemm</*zero_init=*/false, /*wg_wait=*/-1>(tiled_mma_acc, tAccdS, tAccB1(_, _, _, stage), acc1);
-            if constexpr (kDQSplit) {
+            if constexpr (kDQSplit && !kOverlapAcc) {
                 // dK/dV first: P and dS registers die before the dQ accumulator is live (D = 128 spilled 108
                 // bytes with both in flight).
                 warpgroup_wait<0>();
                 dq_update_split(params, storage, thread_idx, col0, seqlen, bh, i > 0);
-            } else if constexpr (kAtomicDQ) {
+            } else if constexpr (kAtomicDQ && !kDQSplit) {
                 dq_update(params, storage, tAccdS, thread_idx, col0, seqlen, bh);
             }
+            if constexpr (kOverlapAcc) {
+                prev_read = col_read;
+            } else {
+                warpgroup_wait<0>();
+                warpgroup_fence_operand(acc1);
+                warpgroup_fence_operand(acc2);
+                pipeline_col.consumer_release(col_read);
+            }
+            ++col_read;
+        }
+        if constexpr (kOverlapAcc) {
             warpgroup_wait<0>();
             warpgroup_fence_operand(acc1);
             warpgroup_fence_operand(acc2);
-            pipeline_col.consumer_release(col_read);
-            ++col_read;
+            pipeline_col.consumer_release(prev_read);
         }
         pipeline_row.consumer_release(row_read);
         ++row_read;
