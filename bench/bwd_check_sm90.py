@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from hmar_kernels import _build  # noqa: E402
 from hmar_kernels import benchmark as bm  # noqa: E402
 from hmar_kernels.reference import reference_attention  # noqa: E402
-from hmar_kernels.schedule import (PATCH_NUMS, forward_tables, named_pattern_bits,  # noqa: E402
+from hmar_kernels.schedule import (PATCH_NUMS, launch_order, named_pattern_bits, tile_mask,  # noqa: E402
                                    transpose_bits)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -79,17 +79,23 @@ def start_forward_build() -> subprocess.Popen:
 
 
 def bwd_tables(ext, patch_nums, row_bits, batch_heads, head_dim, config, device):
-    """(kv tables, q tables): TileMask + program table of the transposed pattern (rows = keys) and of the
-    forward pattern (rows = queries), with the config's tile shape."""
+    """(kv tables, q tables, pair programs): TileMask + program table of the transposed pattern (rows = keys) and
+    of the forward pattern (rows = queries), with the config's tile shape, and the program table over both (kind 0
+    dK/dV, kind 1 dQ, weighted by their GEMMs per visit: 4 and 3)."""
     rows, cols, _ = ext.config_info(head_dim, config)
-    kv = forward_tables(patch_nums, transpose_bits(row_bits), rows, cols, batch_heads, device)
-    q = forward_tables(patch_nums, row_bits, rows, cols, batch_heads, device)
-    return list(kv.tensors), list(q.tensors)
+    kv = tile_mask(patch_nums, transpose_bits(row_bits), rows, cols, device)
+    q = tile_mask(patch_nums, row_bits, rows, cols, device)
+
+    def programs(works):
+        return torch.from_numpy(launch_order(works, batch_heads)).to(device)
+
+    return ([*kv.kernel_tensors(), programs([kv.visits])], [*q.kernel_tensors(), programs([q.visits])],
+            programs([4 * kv.visits, 3 * q.visits]))
 
 
 def run_bwd(ext, tables, q, k, v, out, dout, lse, scale, config):
     stream = torch.cuda.current_stream(q.device).cuda_stream
-    return ext.bwd(q, k, v, out, dout, lse, tables[0], tables[1], scale, config, stream)
+    return ext.bwd(q, k, v, out, dout, lse, tables[0], tables[1], tables[2], scale, config, stream)
 
 
 def reference_grads(q, k, v, dout, patch_nums, row_bits, scale):

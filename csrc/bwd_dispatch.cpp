@@ -16,7 +16,7 @@ void run_bwd(BwdParams const& params, cudaStream_t stream) {
     HMAR_FP16_SWITCH(params.is_bf16, [&] {
         HMAR_HEADDIM_SWITCH(params.head_dim, [&] {
             auto run = [&](auto config) { run_bwd_sm90<elem_type, kHeadDim, decltype(config)::value>(params, stream); };
-            static_assert(kNumBwdConfigsSm90 == 6, "one case per config");
+            static_assert(kNumBwdConfigsSm90 == 7, "one case per config");
             switch (params.config) {
             case 0: return run(std::integral_constant<int, 0>{});
             case 1: return run(std::integral_constant<int, 1>{});
@@ -24,6 +24,7 @@ void run_bwd(BwdParams const& params, cudaStream_t stream) {
             case 3: return run(std::integral_constant<int, 3>{});
             case 4: return run(std::integral_constant<int, 4>{});
             case 5: return run(std::integral_constant<int, 5>{});
+            case 6: return run(std::integral_constant<int, 6>{});
             default: HMAR_NOT_BUILT("backward config", params.config);
             }
         });
@@ -37,7 +38,7 @@ BwdConfigInfo bwd_config_info(int head_dim, int config) {
     }
     BwdTileSm90 const tile = bwd_tile_sm90(head_dim, config);
     bool const separate = tile.dq_mode == BwdDQMode::SeparatePass;
-    return {tile.block_rows, tile.block_cols, separate, !separate};
+    return {tile.block_rows, tile.block_cols, separate, !separate, tile.paired};
 }
 
 }  // namespace hmar

@@ -63,6 +63,10 @@ struct BwdParams {
     // Separate dQ pass (deterministic config): the forward pattern's TileMask with the same (rows, cols): rows are
     // queries.
     BwdTables q_tables;
+    // Paired configs: one program table over both TileMasks, launch_order([kv visits · 4, q_tables visits · 3])
+    // (kind 0: a dK/dV key tile, kind 1: a dQ query tile; the weights are their GEMM counts per visit).
+    int const* pair_programs;
+    int num_pair_programs;
     // Index into bwd_tile_sm90's table (bwd_tile_size.h): the dQ strategy. Atomic configs: dQ by fp32 atomics
     // from the dK/dV kernel + a conversion pass; the SeparatePass config: a separate dQ pass walking query tiles,
     // no atomics, bit-identical results run to run.
@@ -84,6 +88,7 @@ struct BwdConfigInfo {
     int block_cols;
     bool deterministic;
     bool needs_dq_accum;
+    bool paired;  // reads pair_programs
 };
 BwdConfigInfo bwd_config_info(int head_dim, int config);  // throws std::invalid_argument for an unknown config
 

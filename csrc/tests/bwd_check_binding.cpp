@@ -47,11 +47,11 @@ hmar::BwdConfigInfo config_info_checked(int64_t head_dim, int64_t config) {
 
 // Returns (dq, dk, dv). kv_tables: the transposed pattern's TileMask (rows = keys) + its program table; q_tables:
 // the forward pattern's TileMask (rows = queries) + its program table; both built with config_info(D, config)'s
-// (rows, cols).
+// (rows, cols); pair_programs: launch_order over both (see BwdParams), read by paired configs.
 std::vector<at::Tensor> bwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor const& out,
                             at::Tensor const& dout, at::Tensor const& lse, std::vector<at::Tensor> const& kv_tables,
-                            std::vector<at::Tensor> const& q_tables, double softmax_scale, int64_t config,
-                            int64_t stream) {
+                            std::vector<at::Tensor> const& q_tables, at::Tensor const& pair_programs,
+                            double softmax_scale, int64_t config, int64_t stream) {
     check_input(q, "q", q);
     check_input(k, "k", q);
     check_input(v, "v", q);
@@ -105,6 +105,11 @@ std::vector<at::Tensor> bwd(at::Tensor const& q, at::Tensor const& k, at::Tensor
     p.softmax_scale_log2 = float(softmax_scale * 1.4426950408889634);
     p.kv = tables_of(kv_tables, q, "kv_tables");
     p.q_tables = tables_of(q_tables, q, "q_tables");
+    TORCH_CHECK(pair_programs.device() == q.device() && pair_programs.scalar_type() == at::kInt &&
+                pair_programs.is_contiguous() && pair_programs.dim() == 2 && pair_programs.size(1) == 2,
+                "pair_programs must be a contiguous int32 (P, 2) program table on ", q.device());
+    p.pair_programs = pair_programs.data_ptr<int>();
+    p.num_pair_programs = int(pair_programs.size(0));
     p.config = int(config);
     int device = -1;
     cudaGetDevice(&device);
@@ -122,7 +127,7 @@ std::vector<at::Tensor> bwd(at::Tensor const& q, at::Tensor const& k, at::Tensor
 // (block_rows, block_cols, deterministic) of a config.
 std::tuple<int64_t, int64_t, bool> config_info(int64_t head_dim, int64_t config) {
     hmar::BwdConfigInfo const info = config_info_checked(head_dim, config);
-    return {info.block_rows, info.block_cols, info.deterministic};
+    return std::make_tuple(int64_t(info.block_rows), int64_t(info.block_cols), info.deterministic);
 }
 
 }  // namespace
