@@ -16,15 +16,16 @@ void run_bwd(BwdParams const& params, cudaStream_t stream) {
     HMAR_FP16_SWITCH(params.is_bf16, [&] {
         HMAR_HEADDIM_SWITCH(params.head_dim, [&] {
             auto run = [&](auto config) { run_bwd_sm90<elem_type, kHeadDim, decltype(config)::value>(params, stream); };
-            static_assert(kNumBwdConfigsSm90 == 7, "one case per config");
+            static_assert(kNumBwdConfigsSm90 == 7 && kDefaultBwdConfigSm90 == 4, "one case per config");
             switch (params.config) {
+            case 4: return run(std::integral_constant<int, 4>{});
+            HMAR_IF_ALT_CONFIGS(
             case 0: return run(std::integral_constant<int, 0>{});
             case 1: return run(std::integral_constant<int, 1>{});
             case 2: return run(std::integral_constant<int, 2>{});
             case 3: return run(std::integral_constant<int, 3>{});
-            case 4: return run(std::integral_constant<int, 4>{});
             case 5: return run(std::integral_constant<int, 5>{});
-            case 6: return run(std::integral_constant<int, 6>{});
+            case 6: return run(std::integral_constant<int, 6>{});)
             default: HMAR_NOT_BUILT("backward config", params.config);
             }
         });

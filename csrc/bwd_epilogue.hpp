@@ -14,20 +14,21 @@ namespace hmar {
 
 using namespace cute;
 
-template <class TileShapeAcc_, class Element_, class TiledMmaAcc_>
+template <class TileShapeAcc_, class Element_, class TiledMmaAcc_, bool kHasOut2_>
 struct CollectiveEpilogueBwd {
     using TileShapeAcc = TileShapeAcc_;  // (kBlockM rows, kHeadDim, ·)
     using Element = Element_;
     using TiledMmaAcc = TiledMmaAcc_;
     static constexpr int kBlockM = get<0>(TileShapeAcc{});
     static constexpr int kHeadDim = get<1>(TileShapeAcc{});
+    static constexpr bool kHasOut2 = kHasOut2_;  // dV next to dK; the dQ pass has acc1 only (acc2 is never live)
 
     using ShapeO = Shape<int32_t, int32_t, int32_t, int32_t>;  // (L, D, H, B)
     using StrideO = Stride<int64_t, _1, int64_t, int64_t>;     // row stride even (aligned pairs)
 
     struct Arguments {
         Element* ptr_out1;  // dK (dK/dV kernel) or dQ (dQ pass): scaled by softmax_scale
-        Element* ptr_out2;  // dV, or nullptr (dQ pass)
+        Element* ptr_out2;  // dV, or nullptr (dQ pass: kHasOut2 = false)
         ShapeO shape;
         StrideO stride_out1, stride_out2;
         float scale1;  // softmax_scale
@@ -61,7 +62,7 @@ struct CollectiveEpilogueBwd {
                               int row_start, int row_end, int bidh, int bidb) {
         store_one(params.ptr_out1, params.stride_out1, params.shape, acc1, params.scale1, thread_idx, row_start,
                   row_end, bidh, bidb);
-        if (params.ptr_out2 != nullptr) {
+        if constexpr (kHasOut2) {
             store_one(params.ptr_out2, params.stride_out2, params.shape, acc2, 1.f, thread_idx, row_start, row_end,
                       bidh, bidb);
         }

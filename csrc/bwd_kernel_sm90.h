@@ -90,11 +90,6 @@ struct FlashAttnBwdSm90 {
 
         auto const work = PersistentTileScheduler::get(params.scheduler, blockIdx.x);
         bool const second = kPaired && (__ldg(params.scheduler.programs + 2 * blockIdx.x) >> 24) == 1;
-        if (warp_group_idx == 0) {
-            cutlass::arch::warpgroup_reg_dealloc<LoadRegisters>();
-        } else {
-            cutlass::arch::warpgroup_reg_alloc<MmaRegisters>();
-        }
         if (second) {
             run<PassB>(params.pass1, shared.mainloop.pass1, pipeline_row, pipeline_col, work, warp_group_idx,
                        is_leader);
@@ -104,7 +99,9 @@ struct FlashAttnBwdSm90 {
         }
     }
 
-    // One program of one pass: the producer thread loads, the consumer warpgroups accumulate and store.
+    // One program of one pass: the producer thread loads, the consumer warpgroups accumulate and store. setmaxnreg
+    // stays inside each role's branch: ptxas budgets registers by the setmaxnreg that dominates the code (after a
+    // merge point it budgeted the consumers' loop for fewer registers and spilled 804 bytes at D = 128).
     template <class Pass>
     CUTLASS_DEVICE static void run(typename Pass::Params const& params,
                                    typename Pass::Mainloop::TensorStorage& storage, PipelineRow& pipeline_row,
@@ -114,6 +111,7 @@ struct FlashAttnBwdSm90 {
         RowTile const tile = row_tile(params.mainloop.mask, work.tile);
         PassMainloop mainloop;
         if (warp_group_idx == 0) {  // producer
+            cutlass::arch::warpgroup_reg_dealloc<LoadRegisters>();
             if (is_leader && tile.count > 0) {  // the pipelines' leader arms the barriers
                 PassMainloop::prefetch_tma_descriptors(params.mainloop);
                 auto row_write = cutlass::make_producer_start_state<PipelineRow>();
@@ -122,6 +120,7 @@ struct FlashAttnBwdSm90 {
                               work.bidh, work.bidb);
             }
         } else {  // consumers
+            cutlass::arch::warpgroup_reg_alloc<MmaRegisters>();
             int const thread_idx = threadIdx.x - cutlass::NumThreadsPerWarpGroup;
             typename PassMainloop::TiledMmaAcc tiled_mma_acc;
             auto const acc_shape = Shape<Int<PassMainloop::kBlockM>, Int<PassMainloop::kHeadDim>>{};

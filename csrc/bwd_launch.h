@@ -27,7 +27,8 @@ struct BwdPassSm90 {
     static constexpr BwdTileSm90 kTile = bwd_tile_sm90(kHeadDim, kConfig);
     using TileShape = Shape<Int<kTile.block_rows>, Int<kTile.block_cols>, Int<kHeadDim>>;
     using Mainloop = CollectiveMainloopBwdSm90<kTile.stages, TileShape, Element, kKind, kTile.overlap_acc>;
-    using Epilogue = CollectiveEpilogueBwd<typename Mainloop::TileShapeAcc, Element, typename Mainloop::TiledMmaAcc>;
+    using Epilogue = CollectiveEpilogueBwd<typename Mainloop::TileShapeAcc, Element, typename Mainloop::TiledMmaAcc,
+                                           Mainloop::kHasAcc2>;
     using Pass = BwdPass<Mainloop, Epilogue>;
 };
 

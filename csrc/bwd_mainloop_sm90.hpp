@@ -72,8 +72,9 @@ struct CollectiveMainloopBwdSm90 {
     static constexpr int kDQAccumSplits = kDQBulk ? kBlockM / 64 : 1;  // one per consumer warpgroup
     // Leave a column tile's acc wgmma (dS·B1, P·B2) in flight until the next tile's S is ready, and release its
     // shared-memory stage then: the next tile's pipeline wait, index loads and S/dP issue overlap them. With the
-    // split dQ, the dQ wgmma is issued first (it waits for everything before it); not with the per-warpgroup dQ.
-    static constexpr bool kOverlapAcc = kOverlapAcc_ && (!kAtomicDQ || kDQSplit);
+    // split dQ, the dQ wgmma is issued first (it waits for everything before it); not with the per-warpgroup dQ,
+    // and not for dK/dV at D = 128, where P and dS in flight next to dK, dV, S and dP spilled 692 bytes.
+    static constexpr bool kOverlapAcc = kOverlapAcc_ && (!kAtomicDQ || kDQSplit) && (kHeadDim <= 64 || kDQPass);
     static constexpr bool kHasAcc2 = !kDQPass;
     static_assert(kBlockM == 128, "two consumer warpgroups of 64 rows");
     static_assert(kBlockN == 64, "the dQ update reads dS_w (64 columns) as one 128-byte swizzled slab");
@@ -355,8 +356,10 @@ struct CollectiveMainloopBwdSm90 {
             }
             warpgroup_wait<0>();
             warpgroup_fence_operand(tSrdP);
-            warpgroup_fence_operand(tAccP);  // the previous acc wgmma read them: overwrite only from here on
-            warpgroup_fence_operand(tAccdS);
+            if constexpr (kOverlapAcc) {  // the previous acc wgmma read them until now: overwrite only from here on
+                warpgroup_fence_operand(tAccP);
+                warpgroup_fence_operand(tAccdS);
+            }
             CUTLASS_PRAGMA_UNROLL
             for (int r = 0; r < kRows; ++r) {
                 CUTLASS_PRAGMA_UNROLL
@@ -388,7 +391,7 @@ struct CollectiveMainloopBwdSm90 {
             } else {
                 warpgroup_wait<0>();
                 warpgroup_fence_operand(acc1);
-                warpgroup_fence_operand(acc2);
+                if constexpr (kHasAcc2) { warpgroup_fence_operand(acc2); }
                 pipeline_col.consumer_release(col_read);
             }
             ++col_read;
@@ -396,7 +399,7 @@ struct CollectiveMainloopBwdSm90 {
         if constexpr (kOverlapAcc) {
             warpgroup_wait<0>();
             warpgroup_fence_operand(acc1);
-            warpgroup_fence_operand(acc2);
+            if constexpr (kHasAcc2) { warpgroup_fence_operand(acc2); }
             pipeline_col.consumer_release(prev_read);
         }
         pipeline_row.consumer_release(row_read);

@@ -30,6 +30,7 @@ struct BwdTileSm90 {
 };
 
 constexpr int kNumBwdConfigsSm90 = 7;
+constexpr int kDefaultBwdConfigSm90 = 4;  // the one dev builds keep (HMAR_NO_ALT_CONFIGS): deterministic, overlap
 
 // Registers per consumer thread (2 warpgroups, setmaxnreg 240): dK + dV accumulators D/2 + D/2 fp32, S and dP
 // block_cols/2 fp32 each, P and dS block_cols/4 each (16-bit pairs), the dQ accumulator 32 fp32 (per warpgroup:
