@@ -8,7 +8,7 @@
 #   5. csrc/tests/layout_check.cu (CuTe register-layout assumptions) builds and runs on the host.
 # The backward's 28 TUs take 30-110 s each: CI compiles a representative pair, BWD_TUS (both dtypes, both head dims,
 # the bulk-dQ and the deterministic overlapped configs, the split dQ, the transposed operand views); BWD_TUS=all
-# compiles every one (the split dQ at D = 128, configs 1, 3, 5, spills 32-40 bytes, around SPILL_LIMIT).
+# compiles every one (the split dQ at D = 128, configs 1, 3, 5, spills 32-60 bytes, around SPILL_LIMIT).
 # Exits non-zero on the first failure. Usage: .ci/compile_cuda.sh [build dir, default build/ci-cuda]
 # Runtime on 2 cores: about 6 minutes (JOBS=2 parallel nvcc; each instantiation takes 60-90 s).
 set -euo pipefail

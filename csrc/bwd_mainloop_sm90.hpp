@@ -341,6 +341,9 @@ struct CollectiveMainloopBwdSm90 {
             warpgroup_wait<1>();  // S done, and everything issued before it (groups complete in order)
             warpgroup_fence_operand(tSrS);
             if constexpr (kOverlapAcc) {
+                // The previous tile's acc wgmma have completed: their P/dS registers and stage are free.
+                if constexpr (kHasAcc2) { warpgroup_fence_operand(tAccP); }
+                warpgroup_fence_operand(tAccdS);
                 if (i > 0) { pipeline_col.consumer_release(prev_read); }
             }
             if (i >= tile.num_full) { mask.before_softmax(tSrS_rc, ColTile{col0, __ldg(col_end + i)}); }
@@ -354,12 +357,13 @@ struct CollectiveMainloopBwdSm90 {
                     tSrS_rc(r, c) = any_dropped && row_dropped[r] ? 0.f : p;
                 }
             }
-            warpgroup_wait<0>();
-            warpgroup_fence_operand(tSrdP);
-            if constexpr (kOverlapAcc) {  // the previous acc wgmma read them until now: overwrite only from here on
-                warpgroup_fence_operand(tAccP);
-                warpgroup_fence_operand(tAccdS);
+            // dV += P·B2 goes to the tensor cores before dS is computed, so they stay busy meanwhile.
+            if constexpr (kHasAcc2) {
+                convert(tSrS, tAccP);
+                gemm</*zero_init=*/false, /*wg_wait=*/-1>(tiled_mma_acc, tAccP, tAccB2(_, _, _, stage), acc2);
             }
+            warpgroup_wait<kHasAcc2 ? 1 : 0>();  // dP done (dV may still run)
+            warpgroup_fence_operand(tSrdP);
             CUTLASS_PRAGMA_UNROLL
             for (int r = 0; r < kRows; ++r) {
                 CUTLASS_PRAGMA_UNROLL
@@ -369,13 +373,9 @@ struct CollectiveMainloopBwdSm90 {
                 }
             }
             convert(tSrdP, tAccdS);
-            if constexpr (kHasAcc2) { convert(tSrS, tAccP); }
             if constexpr (kDQSplit) {
                 ds_to_smem(storage, tAccdS, thread_idx);
                 if constexpr (kOverlapAcc) { dq_update_split(params, storage, thread_idx, col0, seqlen, bh, i > 0); }
-            }
-            if constexpr (kHasAcc2) {
-                gemm</*zero_init=*/false, /*wg_wait=*/-1>(tiled_mma_acc, tAccP, tAccB2(_, _, _, stage), acc2);
             }
             gemm</*zero_init=*/false, /*wg_wait=*/-1>(tiled_mma_acc, tAccdS, tAccB1(_, _, _, stage), acc1);
             if constexpr (kDQSplit && !kOverlapAcc) {
