@@ -241,7 +241,23 @@ struct CollectiveMainloopBwdSm90 {
                  tB1s(_, col_write.index()));
             copy(params.tma_b2.with(*col_barrier, 0, TMA::CacheHintSm90::EVICT_LAST), tB2g,
                  tB2s(_, col_write.index()));
+            if constexpr (!kDQPass) { prefetch_column_stats(params, col, bidh, bidb); }
             ++col_write;
+        }
+    }
+
+    // LSE and delta of a column tile into this SM's L1, a few tiles before the consumers read them (each consumer
+    // thread loads 16 of the 64 values of each): their first loads would otherwise wait for L2.
+    CUTLASS_DEVICE static void prefetch_column_stats(Params const& params, int col, int bidh, int bidb) {
+        int const seqlen = get<0>(params.shape);
+        int64_t const plane = (int64_t(bidb) * get<2>(params.shape) + bidh) * seqlen;
+        int const last = min(col + kBlockN, seqlen) - 1;  // columns past L are never loaded
+        if (last < col) { return; }
+        for (float const* base : {params.lse_log2 + plane, params.delta + plane}) {
+            uintptr_t const end = reinterpret_cast<uintptr_t>(base + last);
+            for (uintptr_t line = reinterpret_cast<uintptr_t>(base + col) & ~uintptr_t(127); line <= end; line += 128) {
+                asm volatile("prefetch.global.L1 [%0];" ::"l"(line));
+            }
         }
     }
 
