@@ -29,7 +29,8 @@ def test_build_flags_target_sm90a_only_and_find_cutlass():
     assert any((Path(d) / "cute" / "tensor.hpp").is_file() for d in kwargs["include_dirs"])
     sources = [Path(s).name for s in build.sources()]
     assert "api.cpp" in sources and "fwd_dispatch.cpp" in sources
-    assert sum(s.endswith("_sm90.cu") for s in sources) == 12
+    assert sum(s.startswith("fwd_") and s.endswith("_sm90.cu") for s in sources) == 12
+    assert sum(s.startswith("bwd_") and s.endswith("_sm90.cu") for s in sources) == 4 * 7  # (D, dtype) × config
 
 
 def test_dev_build_switches(monkeypatch):
