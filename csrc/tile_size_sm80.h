@@ -10,12 +10,12 @@ struct FwdTileSm80 {
     int warps;    // warps per CTA, all along M
 };
 
-// Shared memory = 2 bytes · D · (block_m [Q, reused for O] + 2 · block_n [K, V]).
+// Shared memory = 2 bytes · D · (block_m [Q, reused for O] + 2 stages · 2 · block_n [K, V]).
 // Registers per thread: S block_m·block_n / (32·warps) + O block_m·D / (32·warps) fp32.
 constexpr FwdTileSm80 fwd_tile_sm80(int head_dim) {
-    // D = 64: 128×128, 8 warps (S 64 + O 32 fp32 per thread; ptxas: 230 registers, no spills), 48 KB. With 4 warps
+    // D = 64: 128×128, 8 warps (S 64 + O 32 fp32 per thread; ptxas: 248 registers, no spills), 80 KB. With 4 warps
     // (FlashAttention-2's D = 64 shape, S 128 + O 64) ptxas spilled 752 bytes; 128×64 with 4 warps used 254.
-    // D = 128: 128×64, 8 warps (S 32 + O 64), 64 KB.
+    // D = 128: 128×64, 8 warps (S 32 + O 64; 186 registers), 96 KB.
     return head_dim <= 64 ? FwdTileSm80{128, 128, 8} : FwdTileSm80{128, 64, 8};
 }
 
