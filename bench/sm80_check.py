@@ -196,7 +196,11 @@ def main():
 
     say(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, capability {torch.cuda.get_device_capability()}")
     start = time.perf_counter()
-    ext = build(args.verbose_build)
+    try:
+        ext = build(args.verbose_build)
+    except Exception as error:  # the compiler's output is in the message: keep its tail in the log
+        say(f"build FAILED after {time.perf_counter() - start:.0f} s: {str(error)[-4000:]}")
+        raise SystemExit(1)
     say(f"build: {time.perf_counter() - start:.0f} s; tiles (fwd m, n, bwd n, m): D=64 {ext.tile_shape(64)}, "
         f"D=128 {ext.tile_shape(128)}")
 
@@ -208,7 +212,11 @@ def main():
         for head_dim in (64, 128):
             for i, (name, patch_nums, row_bits, batch, heads) in enumerate(cases):
                 label = f"{name} {str(dtype)[6:]} D={head_dim}"
-                failures = check_case(ext, label, patch_nums, row_bits, batch, heads, head_dim, dtype, seed=i)
+                try:
+                    failures = check_case(ext, label, patch_nums, row_bits, batch, heads, head_dim, dtype, seed=i)
+                except RuntimeError as error:  # a CUDA error leaves the context unusable: stop here
+                    say(f"FAIL {label}: {error}")
+                    raise SystemExit(1)
                 failed += bool(failures)
                 say(f"{'ok  ' if not failures else 'FAIL'} {label}")
                 for failure in failures:
