@@ -46,8 +46,12 @@ struct Tables {
     int num_programs;
 };
 
-Tables tables(std::vector<at::Tensor> const& mask) {
+Tables tables(std::vector<at::Tensor> const& mask, int64_t seqlen) {
     TORCH_CHECK(mask.size() == 9, "expected the 8 TileMask tensors and the program table, got ", mask.size());
+    TORCH_CHECK(mask[0].numel() == seqlen && mask[1].numel() == seqlen, "row_lo and row_hi must have L = ", seqlen,
+                " entries (a TileMask of this schedule), got ", mask[0].numel(), " and ", mask[1].numel());
+    TORCH_CHECK(mask[8].dim() == 2 && mask[8].size(1) == 2, "programs must be a (P, 2) table, got ",
+                mask[8].sizes());
     static char const* names[9] = {"row_lo",  "row_hi",       "row_start", "row_end", "col_offsets",
                                    "col_num_full", "col_start", "col_end", "programs"};
     Tables t;
@@ -68,7 +72,9 @@ void fwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tens
     check_bhld(v, "v", q);
     check_bhld(out, "out", q);
     check_float(lse, "lse", {q.size(0), q.size(1), q.size(2)});
-    Tables const t = tables(mask);
+    TORCH_CHECK(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf, "q must be bf16 or fp16, got ",
+                q.scalar_type());
+    Tables const t = tables(mask, q.size(2));
     hmar::FwdParams p{};
     p.q = q.data_ptr();
     p.k = k.data_ptr();
@@ -80,7 +86,6 @@ void fwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tens
     p.o_batch_stride = out.stride(0), p.o_head_stride = out.stride(1), p.o_row_stride = out.stride(2);
     p.lse = lse.data_ptr<float>();
     p.batch = int(q.size(0)), p.heads = int(q.size(1)), p.seqlen = int(q.size(2)), p.head_dim = int(q.size(3));
-    TORCH_CHECK(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf, "q must be bf16 or fp16");
     p.is_bf16 = q.scalar_type() == at::kBFloat16;
     p.softmax_scale = float(softmax_scale);
     p.softmax_scale_log2 = float(softmax_scale * 1.4426950408889634);
@@ -102,11 +107,12 @@ void bwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tens
                                   {dq, "dq"}, {dk, "dk"}, {dv, "dv"}}) {
         check_bhld(t, name, q);
     }
-    TORCH_CHECK(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf, "q must be bf16 or fp16");
+    TORCH_CHECK(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf, "q must be bf16 or fp16, got ",
+                q.scalar_type());
     check_float(lse, "lse", {q.size(0), q.size(1), q.size(2)});
     check_float(delta, "delta", {q.size(0), q.size(1), q.size(2)});
     check_float(dq_accum, "dq_accum", {q.size(0), q.size(1), q.size(2), q.size(3)});
-    Tables const t = tables(mask_t);
+    Tables const t = tables(mask_t, q.size(2));
     hmar::BwdParamsSm80 p{};
     p.q = q.data_ptr(), p.k = k.data_ptr(), p.v = v.data_ptr(), p.out = out.data_ptr(), p.dout = dout.data_ptr();
     p.dq = dq.data_ptr(), p.dk = dk.data_ptr(), p.dv = dv.data_ptr();
