@@ -41,9 +41,7 @@ void run_bwd_sm80_(BwdParamsSm80 const& p, cudaStream_t stream) {
         p.softmax_scale};
     auto kernel = &bwd_kernel_sm80<Kernel>;
     constexpr int smem_size = Kernel::SharedStorageSize;
-    if (smem_size > 48 * 1024) {
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_size);
-    }
+    set_smem_sm80(kernel, smem_size, ("sm80 backward (D = " + std::to_string(kHeadDim) + ")").c_str());
     if (p.num_programs > 0) { kernel<<<p.num_programs, Kernel::NumThreads, smem_size, stream>>>(params); }
 
     bwd_postprocess_sm80<Element, kHeadDim><<<rows_grid, 256, 0, stream>>>(p);

@@ -38,9 +38,7 @@ void run_fwd_sm80_(FwdParams const& p, cudaStream_t stream) {
         p.softmax_scale};
     auto kernel = &fwd_kernel_sm80<Kernel>;
     constexpr int smem_size = Kernel::SharedStorageSize;
-    if (smem_size > 48 * 1024) {
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_size);
-    }
+    set_smem_sm80(kernel, smem_size, ("sm80 forward (D = " + std::to_string(kHeadDim) + ")").c_str());
     if (p.num_programs > 0) { kernel<<<p.num_programs, Kernel::NumThreads, smem_size, stream>>>(params); }
 }
 

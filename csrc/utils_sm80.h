@@ -1,7 +1,11 @@
-// Device helpers of the sm80 collectives (mma.sync through CuTe): warp-level GEMMs fed by ldmatrix, the
+// Helpers of the sm80 collectives (mma.sync through CuTe): warp-level GEMMs fed by ldmatrix, the
 // accumulator → A-operand register view, fp32 → 16-bit fragment conversion, and row-predicated cp.async tile
-// loads. Arch-neutral pieces (accumulator row/column view, quad reductions) live in utils.h.
+// loads; on the host, the shared-memory opt-in. Arch-neutral pieces (accumulator row/column view, quad
+// reductions) live in utils.h.
 #pragma once
+
+#include <stdexcept>
+#include <string>
 
 #include <cute/tensor.hpp>
 #include <cutlass/cutlass.h>
@@ -150,6 +154,20 @@ CUTLASS_DEVICE void smem_to_gmem_rows(TensorS const& sTile, Element* gmem, int64
     CUTLASS_PRAGMA_UNROLL
     for (int m = 0; m < size<1>(ts); ++m) {
         if (get<0>(tc(0, m, 0)) < rows_owned) { copy(gmem_copy, ts(_, m, _), tg(_, m, _)); }
+    }
+}
+
+// Host side: opt a kernel into `bytes` of dynamic shared memory. A GPU with less per block (sm86 and sm89 allow
+// 99 KB: the D = 128 backward's 144 KB do not fit) gets a std::runtime_error naming the kernel, not a failed launch.
+template <class Kernel>
+void set_smem_sm80(Kernel kernel, int bytes, char const* what) {
+    if (bytes <= 48 * 1024) { return; }
+    cudaError_t const status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (status != cudaSuccess) {
+        cudaGetLastError();  // not sticky: clear it so that later checks do not report it again
+        throw std::runtime_error(std::string(what) + " needs " + std::to_string(bytes) +
+                                 " bytes of shared memory per block, more than this GPU allows (" +
+                                 cudaGetErrorString(status) + ")");
     }
 }
 
