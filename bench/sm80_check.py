@@ -1,6 +1,7 @@
 """Standalone GPU check of the sm80 kernels (csrc/*_sm80.*): build, correctness, timing. One command, no build of
 the project's extension: it compiles its own small module (csrc/tests/sm80_check_binding.cpp + the sm80
-dispatchers and instantiations) with ``torch.utils.cpp_extension.load`` for sm_80 (which also runs on Hopper).
+dispatchers and instantiations) with ``torch.utils.cpp_extension.load``: the sm_80 code, assembled for sm_80 and
+for sm_90 (sm_80 machine code does not run on Hopper).
 
 Correctness: the three real schedules (256/512/1024 px) × block-diagonal and block-causal, a random schedule with
 a random S×S mask and one with block-causal, for bf16 and fp16 and D = 64 and 128. O, LSE, dQ, dK and dV are
@@ -46,8 +47,10 @@ def build(verbose: bool = False):
     sources = [str(csrc / "tests" / "sm80_check_binding.cpp"), str(csrc / "fwd_dispatch_sm80.cpp"),
                str(csrc / "bwd_dispatch_sm80.cpp")] + sorted(glob.glob(str(csrc / "instantiations" / "*_sm80.cu")))
     # The project's nvcc flags minus the TMA driver-call switch (no TMA on this path); an "arch" flag also stops
-    # torch from adding its own -gencode.
-    nvcc = [f for f in _build.NVCC_FLAGS if "DIRECT_CUDA_DRIVER" not in f] + ["-gencode=arch=compute_80,code=sm_80"]
+    # torch from adding its own -gencode. sm_80 SASS does not run on sm_90, so the same sm_80 code (compute_80) is
+    # also assembled for sm_90 (Hopper runs it as the A100 would); nvcc builds the two in parallel threads.
+    nvcc = [f for f in _build.NVCC_FLAGS if "DIRECT_CUDA_DRIVER" not in f] + [
+        "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_80,code=sm_90", "--threads=2"]
     return load(name="hmar_sm80_check", sources=sources, extra_include_paths=[str(csrc), _build.cutlass_include()],
                 extra_cflags=["-O3", "-DNDEBUG"], extra_cuda_cflags=nvcc, verbose=verbose)
 
