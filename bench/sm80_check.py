@@ -13,6 +13,7 @@ sm80 forward and forward + backward next to varlen (FlashAttention-2 through hma
 and the sm80 path on block-causal.
 
     MAX_JOBS=16 python bench/sm80_check.py --out $OUT      # writes $OUT/sm80_check.log; exit 1 if a check fails
+    compute-sanitizer --tool racecheck --kernel-name regex:sm80 python bench/sm80_check.py --quick --out $OUT
 """
 from __future__ import annotations
 
@@ -181,6 +182,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")), help="log folder")
     parser.add_argument("--no-timing", action="store_true", help="correctness only")
+    parser.add_argument("--quick", action="store_true",
+                        help="small cases only (256 px and the random ones), no timing: for compute-sanitizer")
     parser.add_argument("--verbose-build", action="store_true")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -210,6 +213,8 @@ def main():
     start = time.perf_counter()
     rng = np.random.default_rng(0)
     cases = correctness_cases(rng)
+    if args.quick:
+        cases = [case for case in cases if not case[0].startswith(("512px", "1024px"))]
     failed = 0
     for dtype in (torch.bfloat16, torch.float16):
         for head_dim in (64, 128):
@@ -228,7 +233,7 @@ def main():
     say(f"correctness: {total - failed}/{total} cases pass (O, LSE, dQ, dK, dV vs float64) in "
         f"{time.perf_counter() - start:.0f} s")
 
-    if not args.no_timing:
+    if not (args.no_timing or args.quick):
         rows = timing_rows(ext)
         say("1024 px, B=4 H=16 D=64 bf16, do_bench medians: ms (useful TFLOP/s)")
         say(f"{'pattern':<15} {'backend':<7} {'fwd':>16} {'fwd+bwd':>16} {'bwd only':>9}")
