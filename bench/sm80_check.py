@@ -13,7 +13,7 @@ sm80 forward and forward + backward next to varlen (FlashAttention-2 through hma
 and the sm80 path on block-causal.
 
     MAX_JOBS=16 python bench/sm80_check.py --out $OUT      # writes $OUT/sm80_check.log; exit 1 if a check fails
-    compute-sanitizer --tool racecheck --kernel-name regex:sm80 python bench/sm80_check.py --quick --out $OUT
+    compute-sanitizer --tool racecheck --kernel-name kns=sm80 python bench/sm80_check.py --quick --out $OUT
 """
 from __future__ import annotations
 
