@@ -5,7 +5,10 @@
 #      (-Xptxas -v report kept in the log: registers, spills, stack);
 #   3. cuobjdump (from Triton's wheel) finds HGMMA (wgmma) in every kernel TU; spills stay under SPILL_LIMIT;
 #   4. the torch-free dispatcher and the torch binding compile (host compiler, CPU torch headers);
-#   5. csrc/tests/layout_check.cu (CuTe register-layout assumptions) builds and runs on the host.
+#   5. csrc/tests/layout_check.cu (CuTe register-layout assumptions) builds and runs on the host;
+#   6. the sm80 path: a representative subset of its instantiations (SM80_TUS; SM80_TUS=all for the 8) compiles for
+#      sm_80, cuobjdump finds HMMA (mma.sync) in each, no spills over SPILL_LIMIT; its dispatchers and the
+#      standalone check binding compile; csrc/tests/layout_check_sm80.cu builds and runs.
 # The backward's 28 TUs take 30-110 s each: CI compiles a representative pair, BWD_TUS (both dtypes, both head dims,
 # the bulk-dQ and the deterministic overlapped configs, the split dQ, the transposed operand views); BWD_TUS=all
 # compiles every one (the split dQ at D = 128, configs 1, 3, 5, spills 32-60 bytes, around SPILL_LIMIT).
@@ -64,7 +67,7 @@ if [ "$BWD_TUS" = all ]; then
 else
     bwd_files=$(for name in $BWD_TUS; do echo "csrc/instantiations/$name.cu"; done)
 fi
-{ ls csrc/instantiations/fwd_*.cu; echo "$bwd_files"; } | xargs -P "$JOBS" -I{} bash -c 'compile_one {}'
+{ ls csrc/instantiations/fwd_*_sm90.cu; echo "$bwd_files"; } | xargs -P "$JOBS" -I{} bash -c 'compile_one {}'
 echo "kernels compiled in $(( $(date +%s) - start )) s"
 
 g++ -std=c++17 -fsyntax-only -I"$CUTLASS" -Icsrc -I"$(dirname "$(dirname "$(command -v $NVCC)")")/include" \
@@ -86,4 +89,45 @@ echo "fwd_dispatch.cpp, bwd_dispatch.cpp, api.cpp, native_attention.cpp, binding
 
 $NVCC -std=c++17 --expt-relaxed-constexpr -I"$CUTLASS" csrc/tests/layout_check.cu -o "$OUT/layout_check"
 "$OUT/layout_check"
+
+# sm80 path. Each instantiation takes 2-4 minutes on 2 cores: CI compiles the bf16 D=64 forward and backward (the
+# same templates as the other six, which differ only in element type and head dim).
+FLAGS_SM80="${FLAGS/-gencode=arch=compute_90a,code=sm_90a/-gencode=arch=compute_80,code=sm_80}"
+FLAGS_SM80="${FLAGS_SM80/-DCUTLASS_ENABLE_DIRECT_CUDA_DRIVER_CALL/}"
+compile_sm80() {
+    local src=$1 name
+    name=$(basename "$src" .cu)
+    if ! $NVCC -std=c++17 $FLAGS_SM80 -Xptxas -v -I"$CUTLASS" -Icsrc -c "$src" -o "$OUT/$name.o" \
+        > "$OUT/$name.log" 2>&1; then
+        cat "$OUT/$name.log"; echo "FAILED: $src"; return 1
+    fi
+    "$CUOBJDUMP" -sass "$OUT/$name.o" > "$OUT/$name.sass"
+    local hmma spilled
+    hmma=$(grep -c "HMMA" "$OUT/$name.sass" || true)
+    spilled=$(grep -oE "[0-9]+ bytes spill stores" "$OUT/$name.log" | sort -n | tail -1 | grep -oE "^[0-9]+")
+    echo "$name: $(grep -oE 'Used [0-9]+ registers' "$OUT/$name.log" | sort -k2 -n | tail -1), ${spilled:-0} bytes spilled, HMMA x$hmma"
+    if [ "$hmma" -eq 0 ]; then echo "FAILED: no HMMA in $name (mma.sync not emitted)"; return 1; fi
+    if [ "${spilled:-0}" -gt "${SPILL_LIMIT:-32}" ]; then
+        echo "FAILED: $name spills $spilled bytes (> SPILL_LIMIT=${SPILL_LIMIT:-32})"; return 1
+    fi
+}
+export -f compile_sm80
+export FLAGS_SM80
+if [ "${SM80_TUS:-subset}" = all ]; then
+    SM80_SOURCES=$(ls csrc/instantiations/*_sm80.cu)
+else
+    SM80_SOURCES="csrc/instantiations/fwd_hdim64_bf16_sm80.cu csrc/instantiations/bwd_hdim64_bf16_sm80.cu"
+fi
+t=$(date +%s)
+echo $SM80_SOURCES | tr ' ' '\n' | xargs -P "$JOBS" -I{} bash -c 'compile_sm80 {}'
+echo "sm80 kernels compiled in $(( $(date +%s) - t )) s"
+for f in csrc/fwd_dispatch_sm80.cpp csrc/bwd_dispatch_sm80.cpp; do
+    g++ -std=c++17 -fsyntax-only -w -I"$CUTLASS" -Icsrc -I/usr/local/cuda/include "$f"
+done
+g++ -std=c++20 -fsyntax-only -w -DTORCH_EXTENSION_NAME=_C $TORCH_INC -I"$PY_INC" -I/usr/local/cuda/include \
+    -Icsrc csrc/tests/sm80_check_binding.cpp
+echo "sm80 dispatchers and csrc/tests/sm80_check_binding.cpp compile"
+$NVCC -std=c++17 --expt-relaxed-constexpr -I"$CUTLASS" -Icsrc csrc/tests/layout_check_sm80.cu \
+    -o "$OUT/layout_check_sm80"
+"$OUT/layout_check_sm80"
 echo "compile_cuda: all checks passed in $(( $(date +%s) - start )) s"
