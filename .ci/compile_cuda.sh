@@ -92,8 +92,9 @@ $NVCC -std=c++17 --expt-relaxed-constexpr -I"$CUTLASS" csrc/tests/layout_check.c
 
 # sm80 path. Each instantiation takes 2-4 minutes on 2 cores: CI compiles the bf16 D=64 forward and backward (the
 # same templates as the other six, which differ only in element type and head dim).
-FLAGS_SM80="${FLAGS/-gencode=arch=compute_90a,code=sm_90a/-gencode=arch=compute_80,code=sm_80}"
-FLAGS_SM80="${FLAGS_SM80/-DCUTLASS_ENABLE_DIRECT_CUDA_DRIVER_CALL/}"
+# Same command line as the extension build (hmar_kernels/_build.py's sm80_nvcc_command: sm_80 and sm_90 SASS, PTX).
+FLAGS_SM80=$($PY -c "import importlib.util as u; s = u.spec_from_file_location('b', 'hmar_kernels/_build.py'); \
+b = u.module_from_spec(s); s.loader.exec_module(b); print(' '.join(b.sm80_nvcc_command('', '', '', [])[2:-6]))")
 compile_sm80() {
     local src=$1 name
     name=$(basename "$src" .cu)

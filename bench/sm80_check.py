@@ -49,9 +49,9 @@ def build(verbose: bool = False):
                str(csrc / "bwd_dispatch_sm80.cpp")] + sorted(glob.glob(str(csrc / "instantiations" / "*_sm80.cu")))
     # The project's nvcc flags minus the TMA driver-call switch (no TMA on this path); an "arch" flag also stops
     # torch from adding its own -gencode. sm_80 SASS does not run on sm_90, so the same sm_80 code (compute_80) is
-    # also assembled for sm_90 (Hopper runs it as the A100 would); nvcc builds the two in parallel threads.
-    nvcc = [f for f in _build.NVCC_FLAGS if "DIRECT_CUDA_DRIVER" not in f] + [
-        "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_80,code=sm_90", "--threads=2"]
+    # also assembled for sm_90 (Hopper runs it as the A100 would), plus its PTX (_build.ARCH_FLAGS_SM80); nvcc
+    # builds the three in parallel threads.
+    nvcc = [f for f in _build.NVCC_FLAGS if "DIRECT_CUDA_DRIVER" not in f] + _build.ARCH_FLAGS_SM80 + ["--threads=3"]
     return load(name="hmar_sm80_check", sources=sources, extra_include_paths=[str(csrc), _build.cutlass_include()],
                 extra_cflags=["-O3", "-DNDEBUG"], extra_cuda_cflags=nvcc, verbose=verbose)
 
