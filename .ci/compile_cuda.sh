@@ -76,7 +76,7 @@ g++ -std=c++17 -fsyntax-only -I"$CUTLASS" -Icsrc -I"$(dirname "$(dirname "$(comm
     -I/usr/local/cuda/include csrc/bwd_dispatch.cpp
 TORCH_INC=$($PY -c "from torch.utils.cpp_extension import include_paths; print(' '.join('-I' + p for p in include_paths()))")
 PY_INC=$($PY -c "import sysconfig; print(sysconfig.get_paths()['include'])")
-for unit in api native_attention bindings; do
+for unit in api api_bwd native_attention bindings; do
     g++ -std=c++20 -fsyntax-only -w -DTORCH_EXTENSION_NAME=_C $TORCH_INC -I"$PY_INC" -I/usr/local/cuda/include \
         -Icsrc csrc/$unit.cpp &
 done
@@ -85,7 +85,7 @@ wait_all || { echo "FAILED: a torch-side C++ file does not compile"; exit 1; }
 g++ -std=c++17 -fsyntax-only -Wall -Wextra -Werror -I/usr/local/cuda/include -Icsrc csrc/triton_launch.cpp
 g++ -std=c++20 -fsyntax-only -w -DTORCH_EXTENSION_NAME=_C $TORCH_INC -I"$PY_INC" -I/usr/local/cuda/include \
     -Icsrc csrc/tests/bwd_check_binding.cpp
-echo "fwd_dispatch.cpp, bwd_dispatch.cpp, api.cpp, native_attention.cpp, bindings.cpp, triton_launch.cpp and bwd_check_binding.cpp compile"
+echo "fwd_dispatch.cpp, bwd_dispatch.cpp, api.cpp, api_bwd.cpp, native_attention.cpp, bindings.cpp, triton_launch.cpp and bwd_check_binding.cpp compile"
 
 $NVCC -std=c++17 --expt-relaxed-constexpr -I"$CUTLASS" csrc/tests/layout_check.cu -o "$OUT/layout_check"
 "$OUT/layout_check"
