@@ -45,7 +45,7 @@ void fwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tens
 struct CudaBackward {
     TileTables kv;  // the transposed pattern's tables (rows = keys) and program table, built with bwd_tile
     TileTables q;   // arch 90: the pattern's tables (rows = queries) and program table with the same tile
-    TileTables pairs;  // arch 90, paired configs: only its program table is read (both kinds of programs)
+    TileTables pairs;  // arch 90, paired configs: a program table alone (programs, num_programs), both kinds
     double softmax_scale = 0;
     int64_t config = 0;  // arch 90: row of csrc/bwd_tile_size.h's bwd_tile_sm90 table
     int64_t arch = 90;   // as CudaForward::arch

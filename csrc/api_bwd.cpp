@@ -68,9 +68,8 @@ void run_sm90(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at:
     p.kv = bwd_tables(check_tables(args.kv, q, "kv tables"));
     p.q_tables = bwd_tables(check_tables(args.q, q, "q tables"));
     if (info.paired) {
-        TablePointers const pairs = check_tables(args.pairs, q, "pairs tables");
-        p.pair_programs = pairs.programs;
-        p.num_pair_programs = pairs.num_programs;
+        p.pair_programs = check_programs(args.pairs, q, "pairs");
+        p.num_pair_programs = int(args.pairs.num_programs);
     }
     p.config = int(args.config);
     run_bwd(p, stream);

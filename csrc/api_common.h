@@ -72,6 +72,18 @@ inline TablePointers check_tables(TileTables const& t, at::Tensor const& q, char
             int(t.num_programs)};
 }
 
+// A program table alone (CudaBackward::pairs): (num_programs, 2) int32 rows inside the buffer.
+inline int const* check_programs(TileTables const& t, at::Tensor const& q, char const* what) {
+    at::Tensor const& b = t.buffer;
+    TORCH_CHECK_VALUE(b.defined() && b.device() == q.device() && b.scalar_type() == at::kInt && b.is_contiguous()
+                          && b.dim() == 1,
+                      what, ".buffer must be a contiguous 1-d int32 tensor on ", q.device(), " (a program table)");
+    TORCH_CHECK_VALUE(t.programs >= 0 && t.num_programs >= 0 && t.programs + 2 * t.num_programs <= b.numel(), what,
+                      ".programs (offset ", t.programs, ", ", t.num_programs, " rows) lies outside the buffer of ",
+                      b.numel());
+    return b.data_ptr<int>() + t.programs;
+}
+
 struct DeviceInfo {
     int major, minor, sm_count;
 };
