@@ -17,7 +17,7 @@ compute-sanitizer: memcheck / racecheck / synccheck).
 3. Determinism: each config three times at 1024 px; the deterministic ones must be bit-identical.
 4. Timing at 1024 px, bf16, D = 64, B = 4, H = 16, both patterns: the CUDA forward, this backward (each config),
    forward + backward, and the current "cuda" backend's fwd+bwd (Triton backward) for comparison, in useful
-   TFLOP/s (CUDA events, medians; hmar_kernels.benchmark.time_cuda).
+   TFLOP/s (CUDA events, medians; hmar_bench.harness.time_cuda).
 
 Prints a compact table and writes it to OUT/bwd_check.log. Exit status 1 if any check fails.
 """
@@ -34,12 +34,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from hmar_kernels import _build  # noqa: E402
-from hmar_kernels import benchmark as bm  # noqa: E402
+from hmar_bench import harness as bm  # noqa: E402
 from hmar_kernels.reference import reference_attention  # noqa: E402
-from hmar_kernels.schedule import (PATCH_NUMS, launch_order, named_pattern_bits, tile_mask,  # noqa: E402
+from hmar_kernels.tiles import (PATCH_NUMS, launch_order, named_pattern_bits, tile_mask,  # noqa: E402
                                    transpose_bits)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -76,7 +76,7 @@ def start_forward_build() -> subprocess.Popen:
     """JIT-build the CUDA forward (dev build) in the background, into the same TORCH_EXTENSIONS_DIR cache."""
     env = dict(os.environ, HMAR_CUDA_JIT="1", HMAR_CUDA_DEV_BUILD=FWD_DEV_BUILD, PYTHONPATH=os.pathsep.join(
         [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    code = "import hmar_kernels.cuda as c; print('forward built:', dict(c.module().built()))"
+    code = "import hmar_kernels.backends.cuda as c; print('forward built:', dict(c.module().built()))"
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
@@ -194,7 +194,7 @@ def timing(ext, log: Log, device, forward_build: subprocess.Popen):
     os.environ["HMAR_CUDA_JIT"] = "1"
     os.environ["HMAR_CUDA_DEV_BUILD"] = FWD_DEV_BUILD
     import hmar_kernels
-    from hmar_kernels import cuda
+    from hmar_kernels.backends import cuda
 
     pn = PATCH_NUMS[1024]
     b, h, head_dim, L = 4, 16, 64, sum(p * p for p in pn)

@@ -28,14 +28,14 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import check_close, pattern_bits, random_pattern  # noqa: E402  (the tests' tolerance rule)
 from hmar_kernels import _build  # noqa: E402
-from hmar_kernels.benchmark import time_steady, useful_flops  # noqa: E402
+from hmar_bench.harness import time_steady, useful_flops  # noqa: E402
 from hmar_kernels.reference import reference_attention  # noqa: E402
-from hmar_kernels.schedule import PATCH_NUMS, forward_tables, named_pattern_bits, transpose_bits  # noqa: E402
+from hmar_kernels.tiles import PATCH_NUMS, forward_tables, named_pattern_bits, transpose_bits  # noqa: E402
 
 LOG2E = 1.4426950408889634
 

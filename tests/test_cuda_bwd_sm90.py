@@ -13,7 +13,7 @@ import torch
 
 from bench import bwd_check_sm90 as check
 from conftest import HAS_CUDA, REAL_SCHEDULES, check_close, pattern_of_kind, random_schedule
-from hmar_kernels.schedule import named_pattern_bits
+from hmar_kernels.tiles import named_pattern_bits
 
 
 def _problem() -> str | None:
