@@ -69,7 +69,7 @@ for TREE in ${TREES:-.}; do
     for stage in "${STAGES[@]}"; do
         case $stage in
         build)
-            run build 330 "$PY" -c "
+            run build 420 "$PY" -c "
 import torch, hmar_kernels
 from hmar_kernels.api import _cuda_problem
 problem = _cuda_problem(torch.device('cuda', 0), torch.bfloat16, 64)
