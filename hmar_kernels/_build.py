@@ -109,7 +109,7 @@ def sm80_objects(build_dir: str, nvcc: str, jobs: int | None = None) -> list[str
                              " ".join(sm80_nvcc_command(nvcc, source, "", defines)).encode()).hexdigest()[:16]
         obj = os.path.join(build_dir, f"{Path(source).stem}-{key}.o")
         if not os.path.exists(obj):
-            partial = obj + ".tmp.o"
+            partial = f"{obj}.{os.getpid()}.tmp.o"  # per process: concurrent builds never share one
             result = subprocess.run(sm80_nvcc_command(nvcc, source, partial, defines), capture_output=True,
                                     text=True)
             if result.returncode != 0:
