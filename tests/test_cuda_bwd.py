@@ -76,6 +76,7 @@ def test_every_config(config, head_dim):
     """Each backward config (atomic, split, bulk, separate-pass, overlapped, paired dQ) on the 512 px schedule,
     both patterns, through the custom op (cuda.backward from Python) and the C++ plan."""
     _skip_unless_built(torch.bfloat16, head_dim, config)
+    _skip_unless_built(torch.float16, head_dim, config)
     torch.manual_seed(config)
     pn = REAL_SCHEDULES[512]
     with kernel_options(cuda_bwd_config=config):
