@@ -32,7 +32,16 @@ def cuda_extension():
     if not any(s.endswith(".cu") for s in sources):
         print("hmar-kernels: no CUDA sources under csrc/: skipping the CUDA extension")
         return [], {}
-    return [CUDAExtension("hmar_kernels._C", sources, **build.extension_kwargs())], {"build_ext": BuildExtension}
+    class BuildWithSm80(BuildExtension):
+        """torch's build plus the sm80 instantiations, compiled first with their own arch flags and linked in."""
+
+        def build_extensions(self):
+            objects = build.sm80_objects(os.path.join(self.build_temp, "sm80"), os.path.join(CUDA_HOME, "bin", "nvcc"))
+            for ext in self.extensions:
+                ext.extra_objects = [*ext.extra_objects, *objects]
+            super().build_extensions()
+
+    return [CUDAExtension("hmar_kernels._C", sources, **build.extension_kwargs())], {"build_ext": BuildWithSm80}
 
 
 ext_modules, cmdclass = cuda_extension()

@@ -17,8 +17,10 @@
 #   build     import (JIT-building if needed) the CUDA extension; "$PY" -m hmar_kernels says what can run
 #   smoke     bench/cuda_sanitize.py: three small CUDA-forward cases against float64
 #   test      the kernel layer's GPU tests: CUDA graphs, the C++ autograd path, Triton, CUDA forward, compile
+#   kernels   the CUDA backends' tests: sm90 backward, sm80 path, CUDA forward, CUDA graphs, the C++ autograd path
 #   overhead  bench/call_overhead.py at 256 px: host and wall time of one fwd+bwd per path
-#   bench     hmar-bench rows at 256 and 1024 px (bf16, D = 64, every backend; BENCH_BUDGET s, default 170)
+#   bench     hmar-bench rows at 256 and 1024 px (bf16, D = 64; every backend, or BENCH_BACKENDS; BENCH_BUDGET s,
+#             default 170)
 #             → $OUT/<tree>/results/
 #   cudafwd   bench/cuda_fwd.py: the CUDA forward's tile configs and schedulers → $OUT/<tree>/cuda_fwd.csv
 #   sanitize  compute-sanitizer memcheck, racecheck and synccheck on the smoke cases (our kernel only)
@@ -68,11 +70,15 @@ for TREE in ${TREES:-.}; do
     for stage in "${STAGES[@]}"; do
         case $stage in
         build)
-            run build 300 "$PY" -c "
+            run build 420 "$PY" -c "
 import torch, hmar_kernels
 from hmar_kernels.api import _cuda_problem
 problem = _cuda_problem(torch.device('cuda', 0), torch.bfloat16, 64)
 print(problem or 'backend cuda: ok')
+try:
+    print(_cuda_problem(torch.device('cuda', 0), torch.bfloat16, 64, arch=80) or 'backend cuda_sm80: ok')
+except TypeError:  # trees from before the sm80 backend
+    pass
 raise SystemExit(1 if problem else 0)"
             [ -f hmar_kernels/__main__.py ] && "$PY" -m hmar_kernels >> "$LOGS/build.log" 2>&1
             ;;
@@ -82,10 +88,15 @@ raise SystemExit(1 if problem else 0)"
                 tests/test_compile.py tests/test_api_errors.py tests/test_options.py 2>/dev/null)
             run test 360 "$PY" -m pytest -q -p no:cacheprovider -rfs $tests
             ;;
+        kernels)
+            tests=$(ls tests/test_cuda_bwd.py tests/test_cuda_sm80.py tests/test_graphs.py tests/test_native.py \
+                tests/test_cuda_fwd.py 2>/dev/null)
+            run kernels 360 "$PY" -m pytest -q -p no:cacheprovider -rfs --durations=10 $tests
+            ;;
         overhead) run overhead 120 "$PY" bench/call_overhead.py --px 256 ;;
         bench)
             run bench 300 "$PY" -m "$BENCH_CLI" --px 256 1024 --dtypes bf16 --head-dims 64 --no-plots \
-                --time-budget "${BENCH_BUDGET:-170}" --results "$LOGS/results"
+                --time-budget "${BENCH_BUDGET:-170}" --results "$LOGS/results" ${BENCH_BACKENDS:+--backends $BENCH_BACKENDS}
             ;;
         cudafwd) run cudafwd 200 "$PY" bench/cuda_fwd.py --out "$LOGS/cuda_fwd.csv" ;;
         sanitize)
@@ -95,7 +106,7 @@ raise SystemExit(1 if problem else 0)"
                     --print-limit 20 "$PY" bench/cuda_sanitize.py
             done
             ;;
-        *) log "unknown stage $stage (stages: build smoke test overhead bench cudafwd sanitize)"; FAILED=1 ;;
+        *) log "unknown stage $stage (stages: build smoke test kernels overhead bench cudafwd sanitize)"; FAILED=1 ;;
         esac
     done
 done

@@ -1,6 +1,6 @@
 // The C++ forward API (api.h): checks the tensors (messages name them), fills the plain FwdParams and calls the
-// dispatcher (fwd_dispatch.cpp). bindings.cpp exposes it to Python (hmar_kernels/backends/cuda.py); the C++ autograd
-// path (native_attention.cpp) calls it directly.
+// dispatcher of the arch (fwd_dispatch.cpp for sm90a, fwd_dispatch_sm80.cpp for sm80). bindings.cpp exposes it to
+// Python (hmar_kernels/backends/cuda.py); the C++ autograd path (native_attention.cpp) calls it directly.
 //
 // Only CPU-side torch headers are used (no c10/cuda): the caller passes its current CUDA stream as an integer,
 // so this file also compiles against a CPU build of torch (CI).
@@ -10,94 +10,16 @@
 
 #include <optional>
 #include <stdexcept>
-#include <string>
 #include <tuple>
-#include <vector>
 
+#include "api_common.h"
 #include "flash.h"
+#include "flash_sm80.h"
 #include "tile_size.h"
 
 namespace hmar {
-namespace {
 
-void check_cuda(cudaError_t status, char const* what) {
-    TORCH_CHECK(status == cudaSuccess, "hmar_kernels CUDA forward: ", what, ": ", cudaGetErrorString(status));
-}
-
-// TMA reads q, k, v through tensor maps and the epilogue writes out in 16-byte vectors: 16-byte aligned base, unit
-// stride on D and every other stride a multiple of 16 bytes (dims of size 1 get a placeholder stride: no index
-// ever steps along them).
-int64_t tma_stride(at::Tensor const& t, int dim) { return t.size(dim) == 1 ? 8 : t.stride(dim); }
-
-void check_qkv(at::Tensor const& t, char const* name, at::Tensor const& q) {
-    TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got device ", t.device());
-    TORCH_CHECK(t.dim() == 4, name, " must have shape (B, H, L, D), got ", t.sizes());
-    TORCH_CHECK(t.sizes() == q.sizes(), name, " has shape ", t.sizes(), " but q has ", q.sizes());
-    TORCH_CHECK(t.scalar_type() == q.scalar_type(), name, " has dtype ", t.scalar_type(), " but q has ",
-                q.scalar_type());
-    TORCH_CHECK(t.device() == q.device(), name, " is on ", t.device(), " but q is on ", q.device());
-    TORCH_CHECK(t.stride(3) == 1, name, " must have unit stride on D (last dim), got strides ", t.strides());
-    TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, name, " must be 16-byte aligned for TMA");
-    for (int d = 0; d < 3; ++d) {
-        TORCH_CHECK(tma_stride(t, d) % 8 == 0, name, " strides must be multiples of 8 elements (16 bytes) for TMA,"
-                    " got ", t.strides(), "; pass a contiguous tensor");
-    }
-}
-
-// The packed tables: an int32 buffer on q's device, every table inside it. Returns a pointer to each.
-struct TablePointers {
-    int const *row_lo, *row_hi, *row_start, *row_end, *col_offsets, *col_num_full, *col_start, *col_end, *programs;
-};
-
-TablePointers check_tables(TileTables const& t, at::Tensor const& q) {
-    at::Tensor const& b = t.buffer;
-    TORCH_CHECK_VALUE(b.defined() && b.device() == q.device() && b.scalar_type() == at::kInt && b.is_contiguous()
-                          && b.dim() == 1,
-                      "tables.buffer must be a contiguous 1-d int32 tensor on ", q.device(), " (TileMask metadata)");
-    int64_t const L = q.size(2);
-    TORCH_CHECK_VALUE(t.length == L, "the tables were built for L = ", t.length, " but q has L = ", L);
-    int const* base = b.data_ptr<int>();
-    auto table = [&](int64_t offset, int64_t count, char const* name) {
-        TORCH_CHECK_VALUE(offset >= 0 && count >= 0 && offset + count <= b.numel(), "tables.", name, " (offset ",
-                          offset, ", ", count, " entries) lies outside the buffer of ", b.numel());
-        return base + offset;
-    };
-    int64_t const T = t.row_tiles;
-    return {table(t.row_lo, L, "row_lo"), table(t.row_hi, L, "row_hi"), table(t.row_start, T, "row_start"),
-            table(t.row_end, T, "row_end"), table(t.col_offsets, T + 1, "col_offsets"),
-            table(t.col_num_full, T, "col_num_full"), table(t.col_start, t.visits, "col_start"),
-            table(t.col_end, t.visits, "col_end"), table(t.programs, 2 * t.num_programs, "programs")};
-}
-
-struct DeviceInfo {
-    int major, minor, sm_count;
-};
-
-DeviceInfo device_info(int device) {
-    static std::vector<DeviceInfo> cache;
-    if (device >= int(cache.size())) { cache.resize(device + 1, DeviceInfo{-1, -1, 0}); }
-    if (cache[device].major < 0) {
-        cudaDeviceProp prop;
-        check_cuda(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
-        cache[device] = {prop.major, prop.minor, prop.multiProcessorCount};
-    }
-    return cache[device];
-}
-
-// Sets the current device for the scope (the launch goes to q's device) and restores it.
-struct DeviceScope {
-    int previous = -1;
-    explicit DeviceScope(int device) {
-        check_cuda(cudaGetDevice(&previous), "cudaGetDevice");
-        if (previous != device) { check_cuda(cudaSetDevice(device), "cudaSetDevice"); }
-    }
-    ~DeviceScope() {
-        int current = -1;
-        if (cudaGetDevice(&current) == cudaSuccess && current != previous) { cudaSetDevice(previous); }
-    }
-};
-
-}  // namespace
+using namespace detail;
 
 void fwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor& out, at::Tensor& lse,
          CudaForward const& args, std::optional<at::Tensor> const& counter, int64_t stream) {
@@ -109,22 +31,16 @@ void fwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tens
     check_qkv(v, "v", q);
     check_qkv(out, "out", q);
     int64_t const B = q.size(0), H = q.size(1), L = q.size(2), D = q.size(3);
-    TORCH_CHECK(lse.device() == q.device() && lse.scalar_type() == at::kFloat && lse.is_contiguous() &&
-                    lse.dim() == 3 && lse.size(0) == B && lse.size(1) == H && lse.size(2) == L,
-                "lse must be a contiguous fp32 (B, H, L) = (", B, ", ", H, ", ", L, ") tensor on ", q.device(),
-                ", got ", lse.scalar_type(), " ", lse.sizes());
-    TablePointers const tables = check_tables(args.tables, q);
+    check_rows(lse, "lse", q);
+    TablePointers const tables = check_tables(args.tables, q, "tables");
     if (counter) {
         TORCH_CHECK(counter->device() == q.device() && counter->scalar_type() == at::kInt &&
                         counter->is_contiguous() && counter->numel() >= 2,
                     "counter must be 2 contiguous int32 on ", q.device());
     }
     TORCH_CHECK(B * H < (int64_t(1) << 31) && L < (int64_t(1) << 31), "B·H and L must fit in int32");
-
+    check_arch(args.arch, q, "forward");
     int const device = q.get_device();
-    DeviceInfo const info = device_info(device);
-    TORCH_CHECK(info.major == 9 && info.minor == 0, "the CUDA forward needs an sm90 (Hopper) GPU; device ", device,
-                " is sm", info.major, info.minor);
     DeviceScope scope(device);
 
     FwdParams p{};
@@ -151,16 +67,23 @@ void fwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tens
     p.col_start = tables.col_start;
     p.col_end = tables.col_end;
     p.programs = tables.programs;
-    p.num_programs = int(args.tables.num_programs);
-    p.num_ctas = int(args.num_ctas > 0 ? args.num_ctas : info.sm_count);
-    p.scheduler_counter = counter ? counter->data_ptr<int>() : nullptr;
+    p.num_programs = tables.num_programs;
+    bool const sm80 = args.arch == 80;
+    p.num_ctas = int(sm80 ? tables.num_programs : args.num_ctas > 0 ? args.num_ctas : device_info(device).sm_count);
+    p.scheduler_counter = counter && !sm80 ? counter->data_ptr<int>() : nullptr;
     p.config = int(args.config);
     try {
-        run_fwd(p, reinterpret_cast<cudaStream_t>(stream));
+        if (sm80) {
+            run_fwd_sm80(p, reinterpret_cast<cudaStream_t>(stream));
+        } else {
+            run_fwd(p, reinterpret_cast<cudaStream_t>(stream));
+        }
     } catch (std::invalid_argument const& error) {
         TORCH_CHECK_VALUE(false, "hmar_kernels CUDA forward: ", error.what());
+    } catch (std::runtime_error const& error) {  // e.g. the sm80 kernel needs more shared memory than the GPU has
+        TORCH_CHECK(false, "hmar_kernels CUDA forward: ", error.what());
     }
-    check_cuda(cudaGetLastError(), "kernel launch");
+    check_cuda(cudaGetLastError(), "forward kernel launch");
 }
 
 std::tuple<int64_t, int64_t> fwd_tile(int64_t head_dim, int64_t config) {
@@ -168,6 +91,15 @@ std::tuple<int64_t, int64_t> fwd_tile(int64_t head_dim, int64_t config) {
                       "), got ", config);
     FwdTileSm90 const tile = fwd_tile_sm90(int(head_dim), int(config));
     return {tile.block_m, tile.block_n};
+}
+
+std::tuple<int64_t, int64_t, int64_t, int64_t> sm80_tiles(int64_t head_dim) {
+    try {
+        TileShapeSm80 const s = tile_shape_sm80(int(head_dim));
+        return {s.fwd_block_m, s.fwd_block_n, s.bwd_block_n, s.bwd_block_m};
+    } catch (std::invalid_argument const& error) {
+        TORCH_CHECK_VALUE(false, "hmar_kernels sm80 kernels: ", error.what());
+    }
 }
 
 int64_t sm_count(int64_t device) { return device_info(int(device)).sm_count; }

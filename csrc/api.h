@@ -1,4 +1,5 @@
-// The C++ forward API of the CUDA kernels (api.cpp): torch tensors in, FwdParams filled, the dispatcher called.
+// The C++ API of the CUDA kernels: torch tensors in, FwdParams / BwdParams filled, the dispatchers called; the
+// forward in api.cpp, the backward in api_bwd.cpp, each for the sm90a kernels (arch 90) and the sm80 ones (arch 80).
 // Python reaches it through bindings.cpp; the C++ autograd path (native_attention.cpp) calls it directly.
 // Only CPU-side torch headers (CI syntax-checks it against a CPU torch).
 #pragma once
@@ -25,21 +26,46 @@ struct TileTables {
 // Everything a CUDA forward launch reads besides q, k, v, out and lse, fixed per (schedule, pattern, shape,
 // options): built once by hmar_kernels.backends.cuda.launch_setup.
 struct CudaForward {
-    TileTables tables;  // built with fwd_tile(D, config)
+    TileTables tables;  // built with fwd_tile(D, config) (arch 90) or tile_shape_sm80(D)'s forward tile (arch 80)
     double softmax_scale = 0;
-    int64_t config = 0;    // row of csrc/tile_size.h's fwd_tile_sm90 table
-    int64_t num_ctas = 0;  // grid size; 0: one CTA per SM
-    bool dynamic = true;   // dynamic scheduling: the caller passes a counter per stream
+    int64_t config = 0;    // row of csrc/tile_size.h's fwd_tile_sm90 table (arch 90)
+    int64_t num_ctas = 0;  // grid size; 0: one CTA per SM (arch 80: always one CTA per program)
+    bool dynamic = true;   // dynamic scheduling: the caller passes a counter per stream (arch 90)
+    int64_t arch = 90;     // 90: the sm90a kernels (Hopper only); 80: the sm80 kernels (sm80 and later)
 };
 
-// q, k, v, out: (B, H, L, D) bf16/fp16 on an sm90 GPU; lse: (B, H, L) fp32 contiguous. counter: 2 zeroed int32
-// for dynamic scheduling, owned by the caller per stream (the kernel leaves them zero), or none for static
-// striding. stream: the current cudaStream_t as an integer. Writes out and lse.
+// q, k, v, out: (B, H, L, D) bf16/fp16 on a GPU the arch runs on; lse: (B, H, L) fp32 contiguous. counter: 2
+// zeroed int32 for dynamic scheduling, owned by the caller per stream (the kernel leaves them zero), or none for
+// static striding. stream: the current cudaStream_t as an integer. Writes out and lse.
 void fwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor& out, at::Tensor& lse,
          CudaForward const& args, std::optional<at::Tensor> const& counter, int64_t stream);
 
+// Everything a CUDA backward launch reads besides its tensors, fixed per (schedule, pattern, shape, options):
+// built once by hmar_kernels.backends.cuda.backward_setup.
+struct CudaBackward {
+    TileTables kv;  // the transposed pattern's tables (rows = keys) and program table, built with bwd_tile
+    TileTables q;   // arch 90: the pattern's tables (rows = queries) and program table with the same tile
+    TileTables pairs;  // arch 90, paired configs: a program table alone (programs, num_programs), both kinds
+    double softmax_scale = 0;
+    int64_t config = 0;  // arch 90: row of csrc/bwd_tile_size.h's bwd_tile_sm90 table
+    int64_t arch = 90;   // as CudaForward::arch
+};
+
+// dout: (B, H, L, D) like q; out, lse: the forward's. dq, dk, dv: (B, H, L, D) like q, written. The fp32
+// workspaces (delta, dq accumulator) are allocated here, on the current stream.
+void bwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor const& out,
+         at::Tensor const& dout, at::Tensor const& lse, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv,
+         CudaBackward const& args, int64_t stream);
+
 // (block_m, block_n) of the forward tile (Python builds the TileMask with it).
 std::tuple<int64_t, int64_t> fwd_tile(int64_t head_dim, int64_t config);
+
+// (rows, cols, deterministic, paired) of an sm90 backward config: the TileMasks' tile shape (rows: the side a CTA
+// owns), whether its gradients are bit-identical run to run (no atomics), whether it reads CudaBackward::pairs.
+std::tuple<int64_t, int64_t, bool, bool> bwd_tile(int64_t head_dim, int64_t config);
+
+// The sm80 tiles: (forward block_m, block_n, backward rows = keys, cols = queries).
+std::tuple<int64_t, int64_t, int64_t, int64_t> sm80_tiles(int64_t head_dim);
 
 int64_t sm_count(int64_t device);
 

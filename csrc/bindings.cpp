@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "api.h"
+#include "bwd_tile_size.h"
 #include "flash.h"
 #include "native_attention.h"
 #include "tile_size.h"
@@ -23,14 +24,20 @@ py::dict built() {
     d["dtypes"] = dtypes;
     d["head_dims"] = head_dims;
     d["configs"] = b.alt_configs ? hmar::kNumFwdConfigsSm90 : 1;
+    std::vector<int> bwd_configs{hmar::kDefaultBwdConfigSm90};
+    for (int c = 0; b.alt_configs && c < hmar::kNumBwdConfigsSm90; ++c) {
+        if (c != hmar::kDefaultBwdConfigSm90) { bwd_configs.push_back(c); }
+    }
+    d["bwd_configs"] = bwd_configs;
     return d;
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-    m.doc() = "hmar_kernels CUDA kernels (csrc/): block-sparse multi-scale attention, sm90a forward";
-    using hmar::CudaForward, hmar::PlanSpec, hmar::TileTables, hmar::TritonKernelSpec;
+    m.doc() = "hmar_kernels CUDA kernels (csrc/): block-sparse multi-scale attention, sm90a and sm80 forward and "
+              "backward";
+    using hmar::CudaBackward, hmar::CudaForward, hmar::PlanSpec, hmar::TileTables, hmar::TritonKernelSpec;
     py::class_<TileTables>(m, "TileTables", "tile tables packed into one int32 buffer: offsets and sizes")
         .def(py::init<>())
         .def_readwrite("buffer", &TileTables::buffer)
@@ -53,7 +60,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         .def_readwrite("softmax_scale", &CudaForward::softmax_scale)
         .def_readwrite("config", &CudaForward::config)
         .def_readwrite("num_ctas", &CudaForward::num_ctas)
-        .def_readwrite("dynamic", &CudaForward::dynamic);
+        .def_readwrite("dynamic", &CudaForward::dynamic)
+        .def_readwrite("arch", &CudaForward::arch);
+    py::class_<CudaBackward>(m, "CudaBackward", "what a CUDA backward launch reads besides its tensors")
+        .def(py::init<>())
+        .def_readwrite("kv", &CudaBackward::kv)
+        .def_readwrite("q", &CudaBackward::q)
+        .def_readwrite("pairs", &CudaBackward::pairs)
+        .def_readwrite("softmax_scale", &CudaBackward::softmax_scale)
+        .def_readwrite("config", &CudaBackward::config)
+        .def_readwrite("arch", &CudaBackward::arch);
     py::class_<TritonKernelSpec>(m, "TritonKernelSpec", "a Triton-compiled kernel: function, launch, codes")
         .def(py::init<>())
         .def_readwrite("function", &TritonKernelSpec::function)
@@ -65,6 +81,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         .def(py::init<>())
         .def_readwrite("triton_forward", &PlanSpec::triton_forward)
         .def_readwrite("cuda_forward", &PlanSpec::cuda_forward)
+        .def_readwrite("cuda_backward", &PlanSpec::cuda_backward)
         .def_readwrite("preprocess", &PlanSpec::preprocess)
         .def_readwrite("backward", &PlanSpec::backward)
         .def_readwrite("tables", &PlanSpec::tables)
@@ -73,6 +90,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 
     m.def("fwd", &hmar::fwd, "sm90a block-sparse forward (writes out and lse)", py::arg("q"), py::arg("k"),
           py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("args"), py::arg("counter"), py::arg("stream"));
+    m.def("bwd", &hmar::bwd, "block-sparse backward (writes dq, dk, dv)", py::arg("q"), py::arg("k"), py::arg("v"),
+          py::arg("out"), py::arg("dout"), py::arg("lse"), py::arg("dq"), py::arg("dk"), py::arg("dv"),
+          py::arg("args"), py::arg("stream"));
+    m.def("bwd_tile", &hmar::bwd_tile, "(rows, cols, deterministic, paired) of an sm90 backward config",
+          py::arg("head_dim"), py::arg("config"));
+    m.attr("bwd_default_config") = hmar::kDefaultBwdConfigSm90;
+    m.def("sm80_tiles", &hmar::sm80_tiles, "(fwd block_m, fwd block_n, bwd rows, bwd cols) of the sm80 kernels",
+          py::arg("head_dim"));
     m.def("fwd_tile", &hmar::fwd_tile, "(block_m, block_n) of the forward tile", py::arg("head_dim"),
           py::arg("config"));
     m.def("built", &built, "dtypes, head dims and configs compiled into this build");

@@ -1,6 +1,6 @@
 // The kernel backends' forward + backward as one C++ autograd Function: the kernels Triton compiled, launched from
-// C++ (triton_launch.h), and for backend "cuda" the sm90 forward of api.h, so that no Python runs in the
-// autograd engine's device thread. Python builds a plan per (backend, schedule, pattern, shape, dtype, device,
+// C++ (triton_launch.h), and for backends "cuda" / "cuda_sm80" the CUDA forward and backward of api.h, so that no
+// Python runs in the autograd engine's device thread. Python builds a plan per (backend, schedule, pattern, shape, dtype, device,
 // options) once (hmar_kernels/backends/native.py) and registers it here; a call then costs a few tensor allocations,
 // tensor-map encodings and launches.
 //
@@ -33,8 +33,10 @@ struct CudaForwardState {
 
 // The kernels of one (backend, schedule, pattern, shape, dtype, device, options) and what they read.
 struct Plan {
-    TritonKernel forward, preprocess, backward;  // forward unused when cuda_forward is set
+    TritonKernel forward, preprocess, backward;  // forward unused when cuda_forward is set, the other two when
+                                                 // cuda_backward is
     std::shared_ptr<CudaForwardState> cuda_forward;
+    std::optional<CudaBackward> cuda_backward;
     std::vector<at::Tensor> tables;  // the schedule tables whose addresses the codes hold: kept alive here
     std::vector<int64_t> shape;      // (B, H, L, D) of q, k, v
     at::ScalarType dtype;
@@ -163,13 +165,19 @@ class NativeAttention : public torch::autograd::Function<NativeAttention> {
         auto const saved = ctx->get_saved_variables();
         at::Tensor const &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[3], &lse = saved[4];
         c10::DeviceGuard guard(plan.device);
-        // The delta preprocess reads dout with out's (contiguous) strides, fixed in the plan.
+        // The delta preprocess reads dout with out's (contiguous) strides, fixed in the plan; the CUDA backward
+        // reads it through TMA.
         at::Tensor const dout = grads[0].contiguous();
         int64_t const B = plan.shape[0], H = plan.shape[1], L = plan.shape[2], D = plan.shape[3];
-        at::Tensor delta = new_output({B, H, L}, at::kFloat, plan);
         at::Tensor dq = new_output({B, H, L, D}, plan.dtype, plan);
         at::Tensor dk = new_output({B, H, L, D}, plan.dtype, plan);
         at::Tensor dv = new_output({B, H, L, D}, plan.dtype, plan);
+        if (plan.cuda_backward) {
+            bwd(q, k, v, out, dout, lse, dq, dk, dv, *plan.cuda_backward,
+                int64_t(reinterpret_cast<uintptr_t>(current_stream(plan.device))));
+            return {dq, dk, dv, at::Tensor()};
+        }
+        at::Tensor delta = new_output({B, H, L}, at::kFloat, plan);
         TensorRef slots[kNumSlots];
         slots[kQ] = ref(q), slots[kK] = ref(k), slots[kV] = ref(v);
         slots[kOut] = ref(out), slots[kLse] = ref(lse), slots[kDout] = ref(dout);
@@ -189,8 +197,12 @@ int64_t register_plan(PlanSpec const& spec) {
     at::Tensor const& like = spec.like;
     TORCH_CHECK_VALUE(like.defined() && like.is_cuda() && like.dim() == 4, "like must be a (B, H, L, D) CUDA tensor");
     c10::DeviceGuard guard(like.device());
-    Plan plan{{}, make_kernel(spec.preprocess, "backward preprocess"), make_kernel(spec.backward, "backward"),
-              nullptr, spec.tables, like.sizes().vec(), like.scalar_type(), like.device(), spec.poison};
+    Plan plan{{}, {}, {}, nullptr, spec.cuda_backward, spec.tables, like.sizes().vec(), like.scalar_type(),
+              like.device(), spec.poison};
+    if (!spec.cuda_backward) {
+        plan.preprocess = make_kernel(spec.preprocess, "backward preprocess");
+        plan.backward = make_kernel(spec.backward, "backward");
+    }
     if (spec.cuda_forward) {
         plan.cuda_forward = std::make_shared<CudaForwardState>(CudaForwardState{*spec.cuda_forward, {}});
     } else {

@@ -22,12 +22,12 @@ struct TritonKernelSpec {
 };
 
 // The kernels of one (backend, schedule, pattern, shape, dtype, device, options), each pass one kind of kernel:
-// the forward is a Triton kernel or the CUDA forward, the backward the Triton delta preprocess + backward. A CUDA
-// backward (or an sm80 path) slots in as one more optional member here and one more branch in run_forward /
-// NativeAttention::backward.
+// the forward is a Triton kernel or the CUDA forward (sm90a or sm80: CudaForward::arch), the backward the Triton
+// delta preprocess + backward or the CUDA backward (CudaBackward::arch).
 struct PlanSpec {
     std::optional<TritonKernelSpec> triton_forward;
     std::optional<CudaForward> cuda_forward;  // exactly one of the two forwards
+    std::optional<CudaBackward> cuda_backward;  // set: the CUDA backward; unset: preprocess + backward below
     TritonKernelSpec preprocess, backward;
     std::vector<at::Tensor> tables;  // tensors whose addresses the codes hold: kept alive with the plan
     at::Tensor like;  // a (B, H, L, D) tensor with the plan's shape, dtype and device

@@ -46,12 +46,18 @@ CUTLASS_DEVICE void gemm(TiledMma& tiled_mma, TensorA const& tCrA, TensorB const
 
 // The fp32 wgmma accumulator of one thread is ((2, 2, N/8), MMA_M, MMA_N): value v0 steps one column, v1 eight
 // rows, v2 eight columns. Viewed as (rows, cols) = ((2, MMA_M), (2, N/8, MMA_N)) for row-wise softmax.
+// The sm80 mma.sync accumulator is ((2, 2), MMA_M, MMA_N) (v0 one column, v1 eight rows; MMA_N steps eight
+// columns): viewed as ((2, MMA_M), (2, MMA_N)).
 template <class Layout>
 CUTE_HOST_DEVICE constexpr auto acc_rowcol(Layout const& acc) {
     static_assert(decltype(rank(acc))::value == 3);
-    static_assert(decltype(rank<0>(acc))::value == 3);
+    static_assert(decltype(rank<0>(acc))::value == 3 || decltype(rank<0>(acc))::value == 2);
     auto v = get<0>(acc);
-    return make_layout(make_layout(get<1>(v), get<1>(acc)), make_layout(get<0>(v), get<2>(v), get<2>(acc)));
+    if constexpr (decltype(rank<0>(acc))::value == 3) {
+        return make_layout(make_layout(get<1>(v), get<1>(acc)), make_layout(get<0>(v), get<2>(v), get<2>(acc)));
+    } else {
+        return make_layout(make_layout(get<1>(v), get<1>(acc)), make_layout(get<0>(v), get<2>(acc)));
+    }
 }
 
 // The same registers as the A operand of a register-sourced wgmma with K = N: ((2, 2, 2), MMA_M, N/16). Values

@@ -24,6 +24,7 @@ def backend_problems(device: torch.device, dtype: torch.dtype = torch.bfloat16, 
         varlen = f"torch {torch.__version__} has no torch.nn.attention.varlen"
     return {
         "cuda": _cuda_problem(device, dtype, head_dim),
+        "cuda_sm80": _cuda_problem(device, dtype, head_dim, arch=80),
         "triton": _triton_problem(device, dtype, head_dim),
         "reference": None,
         "sdpa": None,
@@ -45,7 +46,8 @@ def main() -> int:
         built = dict(ext.built())
         launcher = "with" if hasattr(ext, "PlanSpec") else "without"
         print(f"CUDA extension: built ({ext.__name__}; dtypes {', '.join(built['dtypes'])}, head dims "
-              f"{', '.join(map(str, built['head_dims']))}; {launcher} the C++ launcher)")
+              f"{', '.join(map(str, built['head_dims']))}; backward configs "
+              f"{', '.join(map(str, built.get('bwd_configs', ()))) or 'none'}; {launcher} the C++ launcher)")
     dtype = torch.bfloat16 if has_gpu else torch.float32
     print(f"backends for {dtype} q, k, v with D = 64 on {device}:")
     problems = backend_problems(device, dtype)

@@ -22,7 +22,7 @@ from .options import KernelOptions, using_options
 from .reference import reference_attention
 from .tiles import MAX_SCALES, NAMED_PATTERNS, named_pattern_bits, pattern_name
 
-BACKENDS = ("auto", "cuda", "triton", "reference", "sdpa", "flex", "varlen")
+BACKENDS = ("auto", "cuda", "cuda_sm80", "triton", "reference", "sdpa", "flex", "varlen")
 KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 TRITON_HEAD_DIMS = (16, 32, 64, 128)
 
@@ -46,7 +46,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, patch_nums: Seq
                . . x                     x x x                 x . . / x x . / . x x
 
         softmax_scale: multiplies q·k before the softmax; default D^-0.5.
-        backend: "auto" (fastest available here), "cuda", "triton", "reference" (plain PyTorch, the ground
+        backend: "auto" (fastest available here), "cuda" (sm90 CUDA kernels), "cuda_sm80" (sm80 CUDA kernels:
+            A100-class GPUs, Hopper too), "triton", "reference" (plain PyTorch, the ground
             truth), or the anchors "sdpa" (boolean mask), "flex" (FlexAttention BlockMask) and "varlen"
             (varlen_attn, one sequence per scale; block_diagonal only).
         options: a KernelOptions for this call (kernel configs, autotuning, test switches); default: those of
@@ -207,10 +208,11 @@ def _triton_problem(device, dtype, head_dim) -> str | None:
     return None
 
 
-def _cuda_problem(device, dtype, head_dim) -> str | None:
+def _cuda_problem(device, dtype, head_dim, arch: int = 90) -> str | None:
+    """Why backend 'cuda' (arch 90) or 'cuda_sm80' (arch 80) cannot run on such inputs, or None."""
     from .backends import cuda
 
-    return cuda.problem(device, dtype, head_dim)
+    return cuda.problem(device, dtype, head_dim, arch)
 
 
 def _varlen_problem(device, dtype, row_bits) -> str | None:
@@ -231,6 +233,8 @@ def _resolve_backend(backend, device, dtype, head_dim, row_bits) -> str:
         problem = _triton_problem(device, dtype, head_dim)
     elif backend == "cuda":
         problem = _cuda_problem(device, dtype, head_dim)
+    elif backend == "cuda_sm80":
+        problem = _cuda_problem(device, dtype, head_dim, arch=80)
     elif backend == "varlen":
         problem = _varlen_problem(device, dtype, row_bits)
     if problem:
@@ -239,14 +243,17 @@ def _resolve_backend(backend, device, dtype, head_dim, row_bits) -> str:
 
 
 def _auto_backend(device, dtype, head_dim) -> str:
-    """cuda where it can run, else triton, else reference; says once why the faster path was skipped."""
+    """cuda on sm90, cuda_sm80 on sm80/86/89, where they can run, else triton, else reference; says once why the
+    faster path was skipped."""
     if device.type != "cuda":
         warn_once(f"hmar_kernels.attention(backend='auto'): q is on {device}, not CUDA; using the slow "
                    "'reference' backend")
         return "reference"
-    cuda_problem = _cuda_problem(device, dtype, head_dim)
+    major, _ = torch.cuda.get_device_capability(device)
+    name, arch = ("cuda_sm80", 80) if major == 8 else ("cuda", 90)
+    cuda_problem = _cuda_problem(device, dtype, head_dim, arch)
     if cuda_problem is None:
-        return "cuda"
+        return name
     triton_problem = _triton_problem(device, dtype, head_dim)
     if triton_problem is None:
         warn_once(f"hmar_kernels.attention(backend='auto'): using 'triton' because {cuda_problem}")

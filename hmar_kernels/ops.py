@@ -1,4 +1,4 @@
-"""torch.library registration of our kernel backends ("triton", "cuda").
+"""torch.library registration of our kernel backends ("triton", "cuda", "cuda_sm80").
 
 One forward and one backward op, so that ``torch.compile(fullgraph=True)`` traces through the attention with no
 graph break (the fake implementations give output shapes) and autograd wires the backward by name. Both ops
@@ -23,7 +23,8 @@ import torch
 
 from .options import current_options, using_options
 
-_BACKEND_MODULES = {"triton": "hmar_kernels.backends.triton.host", "cuda": "hmar_kernels.backends.cuda"}
+_BACKEND_MODULES = {"triton": "hmar_kernels.backends.triton.host", "cuda": "hmar_kernels.backends.cuda",
+                    "cuda_sm80": "hmar_kernels.backends.cuda_sm80"}
 
 
 @functools.lru_cache(maxsize=None)

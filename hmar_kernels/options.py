@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 
 CUDA_SCHEDULERS = ("dynamic", "static", "grid")
+CUDA_BACKWARDS = ("cuda", "triton")
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,18 @@ class KernelOptions:
     cuda_fwd_config: int = 0  # row of csrc/tile_size.h's fwd_tile_sm90 table (0: the default tile)
     cuda_scheduler: str = "dynamic"  # "dynamic": one CTA per SM claiming programs in table order (atomic
     # counter); "static": one CTA per SM striding the table; "grid": one CTA per program
+    cuda_backward: str = "cuda"  # backward of backends "cuda"/"cuda_sm80": "cuda" (their own kernels) or "triton"
+    cuda_bwd_config: Optional[int] = None  # row of csrc/bwd_tile_size.h's bwd_tile_sm90 table; None: the default
+    # (deterministic; hmar_kernels._C.bwd_default_config)
 
     def __post_init__(self):
         if self.cuda_scheduler not in CUDA_SCHEDULERS:
             raise ValueError(f"cuda_scheduler must be one of {CUDA_SCHEDULERS}, got {self.cuda_scheduler!r}")
+        if self.cuda_backward not in CUDA_BACKWARDS:
+            raise ValueError(f"cuda_backward must be one of {CUDA_BACKWARDS}, got {self.cuda_backward!r}")
+        if self.cuda_bwd_config is not None and (isinstance(self.cuda_bwd_config, bool) or
+                                                 not isinstance(self.cuda_bwd_config, int)):
+            raise TypeError(f"cuda_bwd_config must be an int or None, got {type(self.cuda_bwd_config).__name__}")
 
 
 _current: contextvars.ContextVar[KernelOptions] = contextvars.ContextVar("hmar_kernel_options",

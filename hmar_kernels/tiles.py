@@ -352,3 +352,18 @@ def launch_order(works: Sequence[np.ndarray], batch_heads: int) -> np.ndarray:
         parts.append(np.stack([np.tile(group, batch_heads),
                                np.repeat(np.arange(batch_heads), len(group))], axis=1))
     return np.concatenate(parts).astype(np.int32)
+
+
+@functools.lru_cache(maxsize=256)
+def backward_tables(patch_nums: tuple[int, ...], row_bits: tuple[int, ...], rows: int, cols: int,
+                    batch_heads: int, device: torch.device) -> tuple[LaunchTables, LaunchTables, LaunchTables]:
+    """The tables a CUDA backward launch reads, packed and cached (built once per schedule): (kv, q, pairs).
+    kv: the transposed pattern's (rows = keys, the dK/dV programs), q: the pattern's (rows = queries, a separate
+    dQ pass), both with the backward's (rows, cols) tile; pairs: one program table over both kinds (kind 0 a kv
+    tile, kind 1 a q tile, weighted by their GEMMs per visit, 4 and 3) for configs that launch them together."""
+    kv = forward_tables(patch_nums, transpose_bits(row_bits), rows, cols, batch_heads, device)
+    q = forward_tables(patch_nums, row_bits, rows, cols, batch_heads, device)
+    kv_visits = tile_mask(patch_nums, transpose_bits(row_bits), rows, cols, device).visits
+    q_visits = tile_mask(patch_nums, row_bits, rows, cols, device).visits
+    pairs = LaunchTables.packed({"programs": launch_order([4 * kv_visits, 3 * q_visits], batch_heads)}, device)
+    return kv, q, pairs

@@ -123,11 +123,10 @@ def test_triton_on_cpu_without_interpreter(monkeypatch):
         attention(*qkv(), PN, backend="triton")
 
 
-def test_cuda_backend_not_available_here_says_why():
-    if hmar_kernels.backends.cuda.problem(torch.device("cpu"), torch.bfloat16, 64) is None:
-        pytest.skip("the CUDA backend can run here")
-    with pytest.raises(ValueError, match="cuda|CUDA"):
-        attention(*qkv(), PN, backend="cuda")
+@pytest.mark.parametrize("backend", ["cuda", "cuda_sm80"])
+def test_cuda_backend_not_available_here_says_why(backend):
+    with pytest.raises(ValueError, match=f"backend '{backend}' needs CUDA tensors"):
+        attention(*qkv(), PN, backend=backend)
 
 
 def test_varlen_rejects_other_patterns_and_cpu():
@@ -153,6 +152,13 @@ def test_bad_cuda_scheduler_option():
     with pytest.raises(ValueError, match="cuda_scheduler must be one of"):
         with hmar_kernels.kernel_options(cuda_scheduler="round_robin"):
             pass
+
+
+def test_bad_cuda_backward_options():
+    with pytest.raises(ValueError, match="cuda_backward must be one of"):
+        hmar_kernels.kernel_options(cuda_backward="cudnn")
+    with pytest.raises(TypeError, match="cuda_bwd_config must be an int or None"):
+        hmar_kernels.KernelOptions(cuda_bwd_config="4")
 
 
 def test_validation_does_not_depend_on_the_plan_cache():

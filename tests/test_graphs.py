@@ -23,8 +23,9 @@ from hmar_kernels.tiles import named_pattern_bits
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (none found)")]
 
-BACKENDS = ("triton", "cuda", "sdpa", "flex", "varlen", "reference")
-DETERMINISTIC = ("triton", "cuda", "reference")
+BACKENDS = ("triton", "cuda", "cuda_sm80", "sdpa", "flex", "varlen", "reference")
+DETERMINISTIC = ("triton", "cuda", "reference")  # cuda_sm80 sums dQ with atomics
+OURS_CUDA = {"cuda": 90, "cuda_sm80": 80}  # our CUDA backends and their arch
 PATCH_NUMS = REAL_SCHEDULES[256]
 SHAPE = (2, 4, sum(p * p for p in PATCH_NUMS), 64)  # (B, H, L, D)
 
@@ -38,8 +39,8 @@ def _cases():
 
 
 def _skip_unless_runs(backend):
-    if backend == "cuda":
-        why = cuda.problem(torch.device("cuda", 0), torch.bfloat16, SHAPE[-1])
+    if backend in OURS_CUDA:
+        why = cuda.problem(torch.device("cuda", 0), torch.bfloat16, SHAPE[-1], OURS_CUDA[backend])
         if why:
             pytest.skip(why)
     if backend == "varlen" and importlib.util.find_spec("torch.nn.attention.varlen") is None:
@@ -93,7 +94,7 @@ def launch_path(request, monkeypatch):
 
 @pytest.mark.parametrize("backend, pattern", _cases())
 def test_cuda_graph_forward_backward_replays_eager_results(backend, pattern, launch_path):
-    if launch_path == "python" and backend not in ("triton", "cuda"):
+    if launch_path == "python" and backend not in ("triton", *OURS_CUDA):
         pytest.skip("only our kernels have two launch paths")
     _skip_unless_runs(backend)
     q, k, v, dout = _fresh(0)
@@ -150,12 +151,12 @@ def test_reduce_overhead_compile_gives_eager_results(backend, pattern):
             check_close(f"{backend} step {seed} {name} (eager)", want, gold, base)
 
 
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("backend", ["triton", "cuda", "cuda_sm80"])
 def test_capture_before_warm_up_is_refused_clearly(backend, launch_path):
     """The first call of a new schedule builds its tables, which a capture cannot do: a clear error, not a
     corrupted capture (a schedule no other test uses, so nothing is cached yet)."""
     _skip_unless_runs(backend)
-    patch_nums = (1, 3, 7) if launch_path == "native" else (1, 3, 8)
+    patch_nums = (1, 3, 7 + ["triton", "cuda", "cuda_sm80"].index(backend) * 2 + (launch_path != "native"))
     shape = (1, 2, sum(p * p for p in patch_nums), 64)
     q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     with torch.no_grad():

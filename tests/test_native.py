@@ -92,7 +92,8 @@ def test_random_schedules_triton(seed):
 
 @pytest.mark.parametrize("seed", range(8))
 def test_random_schedules_cuda(seed):
-    """The CUDA forward called from C++ (its tables, scheduler counter and stream) under random schedules."""
+    """The CUDA forward and backward called from C++ (their tables, scheduler counter and stream) under random
+    schedules."""
     rng = np.random.default_rng(700 + seed)
     torch.manual_seed(seed)
     patch_nums = random_schedule(rng, max_scales=5, max_side=12)
@@ -122,11 +123,12 @@ def test_cuda_schedulers(scheduler):
                              heads=2, head_dim=64, dtype=torch.bfloat16, scale=0.125, backend="cuda")
 
 
-def test_broadcast_dout():
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_broadcast_dout(backend):
     """A zero-stride dout (out.sum().backward()) is made readable before the kernels see it."""
     torch.manual_seed(1)
     run_native_and_check((1, 2, 3, 5), pattern_bits(np.tril(np.ones((4, 4), dtype=bool))), batch=2, heads=2,
-                         head_dim=64, dtype=torch.float16, scale=0.125, dout_kind="broadcast")
+                         head_dim=64, dtype=torch.float16, scale=0.125, dout_kind="broadcast", backend=backend)
 
 
 @pytest.mark.parametrize("backend", ["triton", "cuda"])

@@ -134,7 +134,7 @@ PATTERNS = ("block_diagonal", "block_causal")
 # counted as useful. Its rows carry this backend and pattern so that they never mix with the masked backends.
 DENSE_BACKEND = "dense_fa"
 DENSE_PATTERN = "dense"
-OUR_BACKENDS = ("cuda", "triton")
+OUR_BACKENDS = ("cuda", "cuda_sm80", "triton")
 ANCHOR_BACKENDS = ("sdpa", "flex", "varlen")
 SWEEP_BACKENDS = OUR_BACKENDS + ANCHOR_BACKENDS + (DENSE_BACKEND,)
 

@@ -28,8 +28,8 @@ TEXT_COLUMNS = ("device", "torch", "triton", "date", "commit")
 SHAPE = ["px", "B", "H", "D", "dtype"]  # with the device, what makes two rows comparable
 PASSES = (("fwd", "forward"), ("fwdbwd", "forward + backward"))
 PATTERN_TITLES = {"block_diagonal": "block-diagonal (HMAR)", "block_causal": "block-causal (VAR)"}
-COLORS = {"cuda": "tab:red", "triton": "tab:orange", "sdpa": "tab:gray", "flex": "tab:blue", "varlen": "tab:green",
-          DENSE_BACKEND: "black"}
+COLORS = {"cuda": "tab:red", "cuda_sm80": "tab:pink", "triton": "tab:orange", "sdpa": "tab:gray", "flex": "tab:blue",
+          "varlen": "tab:green", DENSE_BACKEND: "black"}
 HEADLINE_BEGIN = "<!-- headline:begin (written by hmar-plot from results/*/attention.csv; do not edit) -->"
 HEADLINE_END = "<!-- headline:end -->"
 

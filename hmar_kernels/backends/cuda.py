@@ -1,12 +1,14 @@
-"""The hand-written CUDA backend (csrc/): an sm90a (Hopper) block-sparse forward; the backward is, until the CUDA
-backward lands, the Triton backward fed with this forward's LSE.
+"""The hand-written CUDA kernels (csrc/): backend "cuda" runs the sm90a (Hopper: wgmma, TMA) forward and fused
+backward, backend "cuda_sm80" (backends/cuda_sm80.py) the sm80 ones (mma.sync, cp.async: A100-class GPUs, and
+Hopper too). ``arch`` (90 or 80) picks them below. ``KernelOptions(cuda_backward="triton")`` swaps in the Triton
+backward (fed with this forward's LSE) for comparison.
 
 The extension is ``hmar_kernels._C`` when setup.py built it (``pip install --no-build-isolation -e .`` with a CUDA
 torch and nvcc). Where pip cannot build, set HMAR_CUDA_JIT=1: the first use compiles csrc/ with
 torch.utils.cpp_extension.load (cached; about a minute on 16 cores) from a source checkout.
 
-Host path per call: cached TileMask and program table, a few tensor checks, one kernel launch; no host syncs,
-no Python loop over scales.
+Host path per call: cached packed tile tables (built once per schedule), a few tensor checks, the launches; no
+host syncs, no Python loop over scales.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import torch
 from ..buffers import current_stream, new_output, tma_ready
 from ..options import current_options
 from ..resident import resident
-from ..tiles import FORWARD_TABLES, forward_tables
+from ..tiles import FORWARD_TABLES, backward_tables, forward_tables, transpose_bits
 
 JIT_ENV = "HMAR_CUDA_JIT"
 KERNEL_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -61,31 +63,50 @@ def _capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
-def problem(device, dtype, head_dim) -> str | None:
-    """Why backend 'cuda' cannot run on such inputs, or None."""
+NAMES = {90: "cuda", 80: "cuda_sm80"}  # backend name of each arch
+
+
+def problem(device, dtype, head_dim, arch: int = 90) -> str | None:
+    """Why the backend of ``arch`` ('cuda': 90, 'cuda_sm80': 80) cannot run on such inputs, or None."""
+    name = NAMES[arch]
     if device.type != "cuda":
-        return f"backend 'cuda' needs CUDA tensors (q is on {device})"
+        return f"backend {name!r} needs CUDA tensors (q is on {device})"
     ext, why = _extension()
     if ext is None:
         return why
     major, minor = _capability(device)
-    if (major, minor) != (9, 0):
-        return f"backend 'cuda' needs an sm90 (Hopper) GPU; {device} is sm{major}{minor} (sm80 comes with part 2)"
+    if arch == 90 and (major, minor) != (9, 0):
+        return f"backend 'cuda' needs an sm90 (Hopper) GPU; {device} is sm{major}{minor} (use 'cuda_sm80' there)"
+    if arch == 80 and major < 8:
+        return f"backend 'cuda_sm80' needs an sm80 or later GPU; {device} is sm{major}{minor}"
+    if not hasattr(ext, "bwd"):
+        return "the built CUDA extension predates the CUDA backward and the sm80 kernels; rebuild it"
     built = _built()
-    name = KERNEL_DTYPES.get(dtype)
-    if name is None:
-        return f"backend 'cuda' supports dtypes bf16 and fp16, got {dtype}"
-    if name not in built["dtypes"]:
-        return f"backend 'cuda': {name} kernels were not built (dev build; see HMAR_CUDA_DEV_BUILD)"
+    kernel_dtype = KERNEL_DTYPES.get(dtype)
+    if kernel_dtype is None:
+        return f"backend {name!r} supports dtypes bf16 and fp16, got {dtype}"
+    if kernel_dtype not in built["dtypes"]:
+        return f"backend {name!r}: {kernel_dtype} kernels were not built (dev build; see HMAR_CUDA_DEV_BUILD)"
     if head_dim not in built["head_dims"]:
-        return f"backend 'cuda' supports head dims {tuple(built['head_dims'])} in this build, got D = {head_dim}"
+        return f"backend {name!r} supports head dims {tuple(built['head_dims'])} in this build, got D = {head_dim}"
     return None
 
 
 @functools.lru_cache(maxsize=None)
-def fwd_tile(head_dim: int, config: int) -> tuple[int, int]:
-    """(block_m, block_n) of the forward kernel (csrc/tile_size.h): the TileMask is built with it."""
+def fwd_tile(head_dim: int, config: int, arch: int = 90) -> tuple[int, int]:
+    """(block_m, block_n) of the forward kernel (csrc/tile_size.h, tile_size_sm80.h): the TileMask is built with
+    it."""
+    if arch == 80:
+        return tuple(module().sm80_tiles(head_dim))[:2]
     return tuple(module().fwd_tile(head_dim, config))
+
+
+@functools.lru_cache(maxsize=None)
+def bwd_tile(head_dim: int, config: int, arch: int = 90) -> tuple[int, int]:
+    """(rows, cols) of the backward's TileMasks (rows: the side a CTA owns, keys for dK/dV)."""
+    if arch == 80:
+        return tuple(module().sm80_tiles(head_dim))[2:]
+    return tuple(module().bwd_tile(head_dim, config))[:2]
 
 
 _counters: dict = {}
@@ -104,40 +125,79 @@ def _scheduler_counter(device: torch.device, stream: int):
     return counter
 
 
-def launch_setup(patch_nums, row_bits, shape, device, softmax_scale: float):
+def _packed(ext, tables, length: int):
+    """The extension's TileTables (csrc/api.h) of a packed LaunchTables: its buffer and each table's offset."""
+    packed = ext.TileTables()
+    packed.buffer = tables.buffer
+    for name, offset in tables.offsets.items():
+        setattr(packed, name, offset)
+    packed.length = length
+    packed.row_tiles = tables.sizes.get("row_start", 0)
+    packed.visits = tables.sizes.get("col_start", 0)
+    packed.num_programs = tables.programs
+    return packed
+
+
+def launch_setup(patch_nums, row_bits, shape, device, softmax_scale: float, arch: int = 90):
     """What a forward launch reads besides its tensors, under the current kernel options, as the extension's
     CudaForward struct (csrc/api.h): packed tile tables, softmax scale, tile config, grid size (0: one CTA per SM),
-    whether it schedules dynamically. Built once per arguments; the C++ path (native.py) registers the same one."""
+    whether it schedules dynamically, the arch. Built once per arguments; the C++ path (native.py) registers the
+    same one."""
     options = current_options()
     return _launch_setup(patch_nums, row_bits, tuple(shape), device, softmax_scale, options.cuda_fwd_config,
-                         options.cuda_scheduler)
+                         options.cuda_scheduler, arch)
 
 
 @functools.lru_cache(maxsize=256)
-def _launch_setup(patch_nums, row_bits, shape, device, softmax_scale, config, scheduler):
+def _launch_setup(patch_nums, row_bits, shape, device, softmax_scale, config, scheduler, arch):
     ext = module()
     B, H, L, D = shape
-    tables = forward_tables(patch_nums, row_bits, *fwd_tile(D, config), B * H, device)
-    packed = ext.TileTables()
-    packed.buffer = tables.buffer
-    for name in FORWARD_TABLES:
-        setattr(packed, name, tables.offsets[name])
-    packed.length, packed.row_tiles = tables.sizes["row_lo"], tables.sizes["row_start"]
-    packed.visits, packed.num_programs = tables.sizes["col_start"], tables.programs
+    tables = forward_tables(patch_nums, row_bits, *fwd_tile(D, config, arch), B * H, device)
     args = ext.CudaForward()
-    args.tables, args.softmax_scale, args.config = packed, softmax_scale, config
+    args.tables, args.softmax_scale, args.config = _packed(ext, tables, L), softmax_scale, config
     args.num_ctas = tables.programs if scheduler == "grid" else 0
-    args.dynamic = scheduler == "dynamic"
+    args.dynamic = scheduler == "dynamic" and arch == 90
+    args.arch = arch
     return args
 
 
-def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], softmax_scale: float):
-    """q, k, v: (B, H, L, D) bf16/fp16 on an sm90 GPU → out (B, H, L, D) in q's dtype, lse (B, H, L) fp32
-    (natural log; -inf for rows that see no key)."""
+def backward_setup(patch_nums, row_bits, shape, device, softmax_scale: float, arch: int = 90):
+    """What a CUDA backward launch reads besides its tensors, under the current kernel options, as the extension's
+    CudaBackward struct (csrc/api.h): the packed tables of the transposed pattern (and for sm90 of the pattern
+    and the paired program table), softmax scale, config, arch. Built once per arguments (tiles.backward_tables);
+    the C++ path registers the same one."""
+    config = current_options().cuda_bwd_config
+    if config is None:
+        config = module().bwd_default_config
+    return _backward_setup(patch_nums, row_bits, tuple(shape), device, softmax_scale, config, arch)
+
+
+@functools.lru_cache(maxsize=256)
+def _backward_setup(patch_nums, row_bits, shape, device, softmax_scale, config, arch):
+    ext = module()
+    B, H, L, D = shape
+    args = ext.CudaBackward()
+    rows, cols = bwd_tile(D, config, arch)
+    if arch == 90:
+        if config not in _built().get("bwd_configs", ()):
+            raise ValueError(f"cuda_bwd_config={config} is not in this build (configs {_built()['bwd_configs']}; "
+                             "dev builds keep only the default, see HMAR_CUDA_DEV_BUILD)")
+        kv, q, pairs = backward_tables(patch_nums, row_bits, rows, cols, B * H, device)
+        args.kv, args.q, args.pairs = _packed(ext, kv, L), _packed(ext, q, L), _packed(ext, pairs, L)
+    else:
+        args.kv = _packed(ext, forward_tables(patch_nums, transpose_bits(row_bits), rows, cols, B * H, device), L)
+    args.softmax_scale, args.config, args.arch = softmax_scale, config, arch
+    return args
+
+
+def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], softmax_scale: float,
+            arch: int = 90):
+    """q, k, v: (B, H, L, D) bf16/fp16 on a GPU the arch runs on → out (B, H, L, D) in q's dtype, lse (B, H, L)
+    fp32 (natural log; -inf for rows that see no key)."""
     ext = module()
     q, k, v = (tma_ready(t) for t in (q, k, v))
     B, H, L, D = q.shape
-    args = launch_setup(patch_nums, row_bits, q.shape, q.device, softmax_scale)
+    args = launch_setup(patch_nums, row_bits, q.shape, q.device, softmax_scale, arch)
     out = new_output((B, H, L, D), q.dtype, q.device)
     lse = new_output((B, H, L), torch.float32, q.device)
     stream = current_stream(q.device.index)
@@ -147,8 +207,16 @@ def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], sof
 
 
 def backward(dout, q, k, v, out, lse, patch_nums: tuple[int, ...], row_bits: tuple[int, ...],
-             softmax_scale: float):
-    """(dq, dk, dv): the Triton backward with this forward's LSE (same units), until the CUDA backward lands."""
-    from .triton import host as launch
+             softmax_scale: float, arch: int = 90):
+    """(dq, dk, dv), each (B, H, L, D) in q's dtype: the CUDA backward of ``arch``, or the Triton backward under
+    ``KernelOptions(cuda_backward="triton")``."""
+    if current_options().cuda_backward == "triton":
+        from .triton import host as launch
 
-    return launch.backward(dout, q, k, v, out, lse, patch_nums, row_bits, softmax_scale)
+        return launch.backward(dout, q, k, v, out, lse, patch_nums, row_bits, softmax_scale)
+    ext = module()
+    dout, q, k, v, out = (tma_ready(t) for t in (dout, q, k, v, out))
+    args = backward_setup(patch_nums, row_bits, q.shape, q.device, softmax_scale, arch)
+    dq, dk, dv = (new_output(q.shape, q.dtype, q.device) for _ in range(3))
+    ext.bwd(q, k, v, out, dout, lse, dq, dk, dv, args, current_stream(q.device.index))
+    return dq, dk, dv

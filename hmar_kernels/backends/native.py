@@ -1,17 +1,18 @@
-"""The kernel backends ("triton", "cuda") under a C++ autograd Function (csrc/native_attention.cpp).
+"""The kernel backends ("triton", "cuda", "cuda_sm80") under a C++ autograd Function (csrc/native_attention.cpp).
 
 Why: with autograd, a Python Function's backward runs in the autograd engine's device thread, and there the same
 Python launch code ran ~2× slower than on the calling thread (bench/engine_timeline.py, H100 host, 256 px:
 fwd+bwd 540 µs of host time with threads, 352 µs with ``torch.autograd.set_multithreading_enabled(False)``; SDPA
-229 µs either way). Here the kernels Triton compiled are launched from C++ in both passes (for "cuda", the CUDA
-forward is called from C++ too): no Python runs in the backward at all.
+229 µs either way). Here the kernels Triton compiled are launched from C++ in both passes (for "cuda" and
+"cuda_sm80", the CUDA forward and backward are called from C++): no Python runs in the backward at all.
 
 A plan is built once per (backend, schedule, pattern, scale, shape, dtype, device, kernel options): the Python
 path runs one forward and backward (compiling and autotuning as usual), then each compiled Triton kernel's
 parameter list (read from Triton's signature) is turned into ParamCodes (csrc/triton_launch.h) that say where
 every parameter's value comes from, and the kernels are registered as one PlanSpec (csrc/native_attention.h),
-which the extension checks against the cubins' parameter sizes; for backend "cuda" the PlanSpec holds the same
-CudaForward struct (packed tile tables and launch settings) that cuda.forward passes. Plans live as long as the
+which the extension checks against the cubins' parameter sizes; for the CUDA backends the PlanSpec holds the same
+CudaForward and CudaBackward structs (packed tile tables and launch settings) that cuda.forward / cuda.backward
+pass (the Triton backward's kernels instead under ``KernelOptions(cuda_backward="triton")``). Plans live as long as the
 process (a few hundred bytes each, plus the tile tables they keep).
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..options import current_options
 from .triton import host as launch
 from .triton.cached_launch import KernelCall, launch_hooks_set
 
+CUDA_ARCHS = {"cuda": 90, "cuda_sm80": 80}  # the CUDA backends and the arch of their kernels
 # The tensors a plan's kernels read, in csrc/triton_launch.h's Slot order.
 SLOTS = ("q", "k", "v", "out", "lse", "dout", "delta", "dq", "dk", "dv")
 TENSOR_POINTER, POINTER, INT32, INT64, FLOAT32, TENSOR_MAP, SHAPE, STRIDE = range(8)
@@ -98,13 +100,22 @@ def kernel_spec(ext, kernel, call: KernelCall, codes: list) -> object:
 
 def _build(backend, q, k, v, patch_nums, row_bits, softmax_scale) -> int:
     """Runs the Python path once on these inputs (compiling, autotuning), then registers the kernels it ran
-    with the extension; the plan id."""
+    with the extension; the plan id. The CUDA kernels need no run: their launch structs are registered."""
     ext, why = _extension()
     if ext is None:
         raise Unsupported(why)
     q, k, v = (tma_ready(t.detach()) for t in (q, k, v))
-    forward = launch.forward if backend == "triton" else cuda.forward
-    out, lse = forward(q, k, v, patch_nums, row_bits, softmax_scale)
+    arch = CUDA_ARCHS.get(backend)
+    plan = ext.PlanSpec()
+    if arch is not None:  # the CUDA forward's arguments: the very struct cuda.forward passes
+        plan.cuda_forward = cuda.launch_setup(patch_nums, row_bits, q.shape, q.device, softmax_scale, arch)
+        if current_options().cuda_backward == "cuda":
+            plan.cuda_backward = cuda.backward_setup(patch_nums, row_bits, q.shape, q.device, softmax_scale, arch)
+            plan.like, plan.poison = q, current_options().poison_outputs
+            return ext.register_plan(plan)
+        out, lse = cuda.forward(q, k, v, patch_nums, row_bits, softmax_scale, arch)
+    else:
+        out, lse = launch.forward(q, k, v, patch_nums, row_bits, softmax_scale)
     dout = torch.zeros_like(out)
     delta = torch.empty_like(lse)
     dq, dk, dv = launch.backward(dout, q, k, v, out, lse, patch_nums, row_bits, softmax_scale)
@@ -121,14 +132,11 @@ def _build(backend, q, k, v, patch_nums, row_bits, softmax_scale) -> int:
              launch.bwd_call(launch.bwd_config(dout, q, k, v, lse, delta, dq, dk, dv, patch_nums, row_bits,
                                                softmax_scale),
                              dout, q, k, v, lse, delta, dq, dk, dv, patch_nums, row_bits, softmax_scale)]
-    plan = ext.PlanSpec()
     plan.preprocess, plan.backward = spec_of(calls[0]), spec_of(calls[1])
-    if backend == "triton":
+    if arch is None:
         calls.append(launch.fwd_call(launch.fwd_config(q, k, v, out, lse, patch_nums, row_bits, softmax_scale),
                                      q, k, v, out, lse, patch_nums, row_bits, softmax_scale))
         plan.triton_forward = spec_of(calls[-1])
-    else:  # the CUDA forward's arguments: the very struct cuda.forward passes
-        plan.cuda_forward = cuda.launch_setup(patch_nums, row_bits, q.shape, q.device, softmax_scale)
     plan.tables = [t for call in calls if call.tables is not None for t in call.tables.tensors]
     plan.like, plan.poison = q, current_options().poison_outputs
     return ext.register_plan(plan)

@@ -1,0 +1,153 @@
+"""Backend "cuda"'s backward (the fused sm90a kernels, csrc/bwd_*) through the package, against the float64
+reference: every backward config, both launch paths (the custom op, i.e. cuda.backward from Python, and the C++
+plan of the eager autograd path), the three real schedules, random schedules with random S×S patterns, bf16 and
+fp16, D 64 and 128; outputs and gradients poisoned before the kernels run, each held to check_close's rule. The
+deterministic configs must give bit-identical gradients run to run. Skips with the reason without an sm90 GPU or
+a built extension (HMAR_CUDA_JIT=1 builds it).
+"""
+import numpy as np
+import pytest
+import torch
+
+from conftest import HAS_CUDA, REAL_SCHEDULES, check_close, pattern_of_kind, random_schedule
+from hmar_kernels import attention, kernel_options
+from hmar_kernels.backends import cuda
+from hmar_kernels.reference import reference_attention
+from hmar_kernels.tiles import named_pattern_bits
+from test_triton import run_and_check
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+NUM_CONFIGS = 7  # csrc/bwd_tile_size.h: kNumBwdConfigsSm90
+
+
+def _problem(dtype=torch.bfloat16, head_dim=64, arch=90):
+    if not HAS_CUDA:
+        return "needs a CUDA device (none found)"
+    return cuda.problem(torch.device("cuda", 0), dtype, head_dim, arch)
+
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_problem() is not None, reason=str(_problem()))]
+
+
+def _skip_unless_built(dtype, head_dim, config=None):
+    why = _problem(dtype, head_dim)
+    if why:
+        pytest.skip(why)
+    if config is not None and config not in cuda._built()["bwd_configs"]:
+        pytest.skip(f"backward config {config} was not built (HMAR_CUDA_DEV_BUILD)")
+
+
+def check_plan_path(patch_nums, row_bits, batch, heads, head_dim, dtype, scale, backend="cuda"):
+    """Eager forward + backward through hmar_kernels.attention (the C++ plan: no Python in the backward), outputs
+    poisoned; out, dQ, dK, dV against the float64 reference with check_close's rule."""
+    shape = (batch, heads, sum(p * p for p in patch_nums), head_dim)
+    q, k, v, dout = (torch.randn(shape, device="cuda", dtype=dtype) for _ in range(4))
+    matrix = [[bool((bits >> j) & 1) for j in range(len(patch_nums))] for bits in row_bits]
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    with kernel_options(poison_outputs=True):
+        out = attention(*leaves, patch_nums, matrix, softmax_scale=scale, backend=backend)
+        grads = torch.autograd.grad(out, leaves, dout)
+    results = {}
+    for ref_dtype in (torch.float64, dtype):
+        ref_in = [t.detach().to(ref_dtype).requires_grad_() for t in (q, k, v)]
+        ref_out = reference_attention(*ref_in, patch_nums, row_bits, scale)[0]
+        results[ref_dtype] = (ref_out, *torch.autograd.grad(ref_out, ref_in, dout.to(ref_dtype)))
+    for name, got, gold, base in zip(("out", "dq", "dk", "dv"), (out, *grads), results[torch.float64],
+                                     results[dtype]):
+        check_close(f"{backend} {name}", got, gold, base)
+
+
+@pytest.mark.parametrize("px", [256, 1024])
+@pytest.mark.parametrize("pattern", ["block_diagonal", "block_causal"])
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_real_schedules_plan_path(px, pattern, dtype, head_dim):
+    _skip_unless_built(DTYPES[dtype], head_dim)
+    torch.manual_seed(px + head_dim)
+    pn = REAL_SCHEDULES[px]
+    batch, heads = (1, 2) if px == 1024 else (2, 3)
+    check_plan_path(pn, named_pattern_bits(pattern, len(pn)), batch, heads, head_dim, DTYPES[dtype],
+                    head_dim ** -0.5)
+
+
+@pytest.mark.parametrize("config", range(NUM_CONFIGS))
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_every_config(config, head_dim):
+    """Each backward config (atomic, split, bulk, separate-pass, overlapped, paired dQ) on the 512 px schedule,
+    both patterns, through the custom op (cuda.backward from Python) and the C++ plan."""
+    _skip_unless_built(torch.bfloat16, head_dim, config)
+    _skip_unless_built(torch.float16, head_dim, config)
+    torch.manual_seed(config)
+    pn = REAL_SCHEDULES[512]
+    with kernel_options(cuda_bwd_config=config):
+        for pattern in ("block_diagonal", "block_causal"):
+            bits = named_pattern_bits(pattern, len(pn))
+            run_and_check(pn, bits, batch=2, heads=2, head_dim=head_dim, dtype=torch.bfloat16, scale=0.125,
+                          backend="cuda")
+            check_plan_path(pn, bits, 1, 3, head_dim, torch.float16, 0.1)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_random_schedules(seed):
+    """Random schedules and patterns (diagonal, causal, random S×S), both dtypes, both head dims, a config in
+    turn, odd batch and head counts; the custom op on even seeds, the C++ plan on odd ones."""
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    patch_nums = random_schedule(rng, max_scales=6, max_side=20)
+    row_bits = pattern_of_kind(rng, seed, len(patch_nums))
+    dtype = (torch.bfloat16, torch.float16)[seed % 2]
+    head_dim = (64, 128)[(seed // 2) % 2]
+    config = seed % NUM_CONFIGS
+    _skip_unless_built(dtype, head_dim, config)
+    args = dict(batch=int(rng.integers(1, 4)), heads=int(rng.integers(1, 6)), head_dim=head_dim, dtype=dtype,
+                scale=float(rng.uniform(0.05, 0.5)))
+    with kernel_options(cuda_bwd_config=config):
+        if seed % 2 == 0:
+            run_and_check(patch_nums, row_bits, backend="cuda", **args)
+        else:
+            check_plan_path(patch_nums, row_bits, **args)
+
+
+@pytest.mark.parametrize("pattern", ["block_diagonal", "block_causal"])
+def test_deterministic_configs_bit_identical(pattern):
+    """The deterministic configs (no atomics: the default among them) give the same bits run to run, through
+    cuda.backward and through the C++ plan."""
+    pn = REAL_SCHEDULES[1024]
+    bits = named_pattern_bits(pattern, len(pn))
+    q, k, v, dout = (torch.randn(2, 4, 9451, 64, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    out, lse = cuda.forward(q, k, v, pn, bits, 0.125)
+    deterministic = [c for c in cuda._built()["bwd_configs"] if cuda.module().bwd_tile(64, c)[2]]
+    assert cuda.module().bwd_default_config in deterministic
+    for config in deterministic:
+        with kernel_options(cuda_bwd_config=config):
+            first = cuda.backward(dout, q, k, v, out, lse, pn, bits, 0.125)
+            for _ in range(2):
+                again = cuda.backward(dout, q, k, v, out, lse, pn, bits, 0.125)
+                for name, a, b in zip(("dq", "dk", "dv"), first, again):
+                    assert torch.equal(a, b), f"config {config} {name} differs run to run"
+            leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+            attention(*leaves, pn, pattern, softmax_scale=0.125, backend="cuda").backward(dout)
+            for name, a, leaf in zip(("dq", "dk", "dv"), first, leaves):
+                assert torch.equal(a, leaf.grad), f"config {config} {name}: the C++ plan differs from Python"
+
+
+def test_triton_backward_stays_reachable():
+    """KernelOptions(cuda_backward="triton"): the CUDA forward with the Triton backward, both paths."""
+    _skip_unless_built(torch.bfloat16, 64)
+    torch.manual_seed(3)
+    pn = REAL_SCHEDULES[256]
+    with kernel_options(cuda_backward="triton"):
+        for pattern in ("block_diagonal", "block_causal"):
+            bits = named_pattern_bits(pattern, len(pn))
+            run_and_check(pn, bits, batch=2, heads=2, head_dim=64, dtype=torch.bfloat16, scale=0.125,
+                          backend="cuda")
+            check_plan_path(pn, bits, 2, 2, 64, torch.bfloat16, 0.125)
+
+
+def test_bad_config_says_why():
+    q, k, v = (torch.randn(1, 2, 30, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    out, lse = cuda.forward(q, k, v, (1, 2, 5), (1, 2, 4), 0.125)
+    with kernel_options(cuda_bwd_config=99), pytest.raises(ValueError, match="config"):
+        cuda.backward(torch.randn_like(q), q, k, v, out, lse, (1, 2, 5), (1, 2, 4), 0.125)
+    with pytest.raises(ValueError, match="cuda_backward"):
+        kernel_options(cuda_backward="cudnn")
