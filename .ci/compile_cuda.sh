@@ -47,13 +47,14 @@ compile_one() {
     local hgmma spills lmem
     hgmma=$(grep -c "HGMMA" "$OUT/$name.sass" || true)
     lmem=$(grep -cE "\b(LDL|STL)\b" "$OUT/$name.sass" || true)
-    spills=$(grep -oE "[0-9]+ bytes spill stores" "$OUT/$name.log" | head -1)
-    echo "$name: $(grep -oE 'Used [0-9]+ registers' "$OUT/$name.log" | head -1), $spills, HGMMA x$hgmma, LDL/STL x$lmem"
+    # the largest of the TU's kernels (a backward TU also holds its pre/postprocess kernels)
+    spills=$(grep -oE "[0-9]+ bytes spill stores" "$OUT/$name.log" | sort -n | tail -1)
+    echo "$name: $(grep -oE 'Used [0-9]+ registers' "$OUT/$name.log" | sort -k2 -n | tail -1), $spills, HGMMA x$hgmma, LDL/STL x$lmem"
     if [ "$hgmma" -eq 0 ]; then echo "FAILED: no HGMMA in $name (wgmma not emitted)"; return 1; fi
     # A few spilled registers outside the main loop (3-warpgroup tiles run at 160 registers) are tolerated;
     # a register array sent to local memory is not.
     local spilled
-    spilled=$(grep -oE "[0-9]+ bytes spill stores" "$OUT/$name.log" | head -1 | grep -oE "^[0-9]+")
+    spilled=$(grep -oE "[0-9]+ bytes spill stores" "$OUT/$name.log" | sort -n | tail -1 | grep -oE "^[0-9]+")
     if [ "${spilled:-0}" -gt "${SPILL_LIMIT:-32}" ]; then
         echo "FAILED: $name spills $spilled bytes (> SPILL_LIMIT=${SPILL_LIMIT:-32})"; return 1
     fi
@@ -72,7 +73,7 @@ echo "kernels compiled in $(( $(date +%s) - start )) s"
 
 g++ -std=c++17 -fsyntax-only -I"$CUTLASS" -Icsrc -I"$(dirname "$(dirname "$(command -v $NVCC)")")/include" \
     -I/usr/local/cuda/include csrc/fwd_dispatch.cpp
-g++ -std=c++17 -fsyntax-only -I"$CUTLASS" -Icsrc -I"$(dirname "$(dirname "$(command -v $NVCC)")")/include" \
+g++ -std=c++17 -fsyntax-only -w -I"$CUTLASS" -Icsrc -I"$(dirname "$(dirname "$(command -v $NVCC)")")/include" \
     -I/usr/local/cuda/include csrc/bwd_dispatch.cpp
 TORCH_INC=$($PY -c "from torch.utils.cpp_extension import include_paths; print(' '.join('-I' + p for p in include_paths()))")
 PY_INC=$($PY -c "import sysconfig; print(sysconfig.get_paths()['include'])")
