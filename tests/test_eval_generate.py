@@ -161,3 +161,10 @@ def test_command_line_user_errors_exit_2_without_traceback(checkpoints, tmp_path
     assert "none.npz: no such file or folder" in capsys.readouterr().err
     with pytest.raises(ImageSetError, match="none.npz"):   # --debug: the exception itself
         eval_cli.main(["--debug", "metrics", str(tmp_path / "none.npz"), str(tmp_path)])
+
+
+@pytest.mark.parametrize("argv, debug", [(["--debug", "generate"], True), (["generate", "--debug"], True),
+                                         (["generate"], False)])
+def test_debug_flag_before_or_after_the_subcommand(argv, debug):
+    args = eval_cli.build_parser().parse_args(argv + ["--demo", "--out", "x.npz"])
+    assert args.debug is debug

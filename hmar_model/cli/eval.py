@@ -36,9 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser("generate", help="sample N images per class into an ADM-style .npz")
     add_model_arguments(gen)
-    for action in gen._actions:  # the shared option's help speaks of hmar-sample's PNG grid
-        if action.dest == "out":
+    for action in gen._actions:
+        if action.dest == "out":  # the shared option's help speaks of hmar-sample's PNG grid
             action.help = "output .npz (arr_0 uint8 N×H×W×3, arr_1 labels); batches go to X.shards/ for X.npz"
+        if action.dest == "debug":  # `hmar-eval --debug generate ...` too: the subcommand must not reset it
+            action.default = argparse.SUPPRESS
     s = gen.add_argument_group("sample set")
     s.add_argument("--per-class", type=int, default=50, help="images per class (50 → 50,000 for ImageNet)")
     s.add_argument("--classes", type=int, nargs="+", default=None, help="only these classes (default: all)")
