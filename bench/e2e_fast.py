@@ -33,21 +33,20 @@ import argparse
 import csv
 import gc
 import os
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from hmar_bench import harness
+from hmar_bench.cli import git_commit
+from hmar_kernels import tiles
+from hmar_kernels.tiles import PATCH_NUMS
+
 COLUMNS = ("model", "depth", "px", "batch", "mode", "backend", "ms", "tokens_per_s", "images_per_s", "model_tflops",
            "mfu", "peak_mem_mb", "device", "torch", "triton", "commit")
-SCHEDULES = {  # the official token-map sides per resolution
-    256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
-    512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),
-    1024: (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64),
-}
+SCHEDULES = PATCH_NUMS  # the official token-map sides per resolution
 TRAIN_CONFIGS = {"d16-256": (16, 256, 32), "d16-512": (16, 512, 16), "d16-1024": (16, 1024, 8),
                  "d30-256": (30, 256, 16)}  # name → (depth, px, batch)
 TRAIN_ROWS = (("var", "eager", "sdpa"), ("var", "eager", "auto"), ("hmar", "eager", "auto"),
@@ -58,11 +57,8 @@ SAMPLE_IMAGES, SAMPLE_DEPTH, SAMPLE_PX = 32, 16, 256
 
 # ---- FLOPs ----
 def allowed_pairs(patch_nums, pattern: str) -> int:
-    """(query, key) pairs the mask allows: block-diagonal Σ n_k², block-causal Σ n_k · (n_0 + … + n_k)."""
-    sizes = [p * p for p in patch_nums]
-    if pattern == "block_diagonal":
-        return sum(n * n for n in sizes)
-    return sum(n * sum(sizes[:k + 1]) for k, n in enumerate(sizes))
+    """(query, key) pairs the mask allows (the kernels' tile metadata counts them: hmar_kernels.tiles)."""
+    return tiles.allowed_pairs(tuple(patch_nums), tiles.named_pattern_bits(pattern, len(patch_nums)))
 
 
 def train_step_tflops(depth: int, patch_nums, batch: int, pattern: str, vocab: int = 4096, latent: int = 32) -> float:
@@ -73,30 +69,13 @@ def train_step_tflops(depth: int, patch_nums, batch: int, pattern: str, vocab: i
     return (6 * per_token_params * tokens + 3.5 * attention_fwd) / 1e12
 
 
-# ---- timing ----
+# ---- timing (the benchmark harness's CUDA-event timer and peak-memory probe) ----
 def time_ms(call, warmup: int, reps: int) -> float:
-    """Median of ``reps`` CUDA-event timings of ``call()`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        call()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        call()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    """Median of ``reps`` CUDA-event timings of ``call()`` after at least ``warmup`` calls."""
+    return harness.time_cuda(lambda i: call(), warmup=warmup, reps=reps).median_ms
 
 
-def peak_mem_mb(call) -> float:
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    call()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
+peak_mem_mb = harness.peak_memory_mb
 
 
 def matmul_tflops(n: int = 8192, reps: int = 20) -> float:
@@ -211,13 +190,7 @@ def write_rows(path: Path, rows: list[dict]):
 def run_meta() -> dict:
     import triton
 
-    commit = os.environ.get("HMAR_GIT_COMMIT")
-    if commit is None:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                    cwd=Path(__file__).parent, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            commit = "unknown"
+    commit = git_commit()
     return dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                 commit=commit)
 
