@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from ..schedules import PATCH_NUMS
+from .common import int_list, resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vae-seed", type=int, default=0, help="weights of a 'random' / 'tiny' VQVAE")
     parser.add_argument("--resolution", type=int, choices=sorted(PATCH_NUMS), default=256,
                         help="official schedule of this resolution (ignored with --patch-nums)")
-    parser.add_argument("--patch-nums", default=None, help="comma-separated schedule, e.g. 1,2,3,4")
+    parser.add_argument("--patch-nums", type=int_list, default=None, help="comma-separated schedule, e.g. 1,2,3,4")
     parser.add_argument("--views", type=int, default=1, help="encodings per image: centre crop, then random crops")
     parser.add_argument("--flip", action="store_true", help="also encode the mirrored crops")
     parser.add_argument("--batch", type=int, default=64, help="images per encoder call")
@@ -43,12 +42,8 @@ def main(argv=None) -> int:
     from ..train.tokenize import tokenize_folder
 
     try:
-        try:
-            patch_nums = (tuple(int(x) for x in args.patch_nums.split(",")) if args.patch_nums
-                          else PATCH_NUMS[args.resolution])
-        except ValueError:
-            raise DataError(f"--patch-nums must be comma-separated ints, got {args.patch_nums!r}") from None
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+        patch_nums = args.patch_nums or PATCH_NUMS[args.resolution]
+        device = resolve_device(args.device)
         tokenize_folder(args.data, args.out, args.vae, patch_nums, vae_seed=args.vae_seed, views=args.views,
                         flip=args.flip, batch=args.batch, shard_size=args.shard_size, seed=args.seed, device=device)
     except (ConfigError, DataError, ValueError) as error:
