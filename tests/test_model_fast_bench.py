@@ -1,7 +1,6 @@
-"""bench/e2e_fast.py on the CPU: the model-FLOP count against the issue's figures and an independent dense-mask
+"""hmar_bench.e2e (hmar-bench --e2e, bench/e2e_fast.py) on the CPU: the model-FLOP count against the issue's figures and an independent dense-mask
 count, the CSV writer, and a clear exit without a GPU."""
 import csv
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +15,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "e2e_fast.py"
 
 @pytest.fixture(scope="module")
 def e2e():
-    spec = importlib.util.spec_from_file_location("e2e_fast", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from hmar_bench import e2e as module
+
     return module
 
 
