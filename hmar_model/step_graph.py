@@ -76,6 +76,7 @@ class StepGraph:
         self.step_fn, self.optimizer, self.name = step_fn, optimizer, name
         self.calls, self.graph, self.eager_only = 0, None, False
         self.device = next(p.device for g in optimizer.param_groups for p in g["params"])
+        self.capturable = [group["capturable"] for group in optimizer.param_groups]  # restored when giving up
         for group in optimizer.param_groups:
             group["capturable"] = True
         for state in optimizer.state.values():  # capturable steps keep their step counters on the device
@@ -84,6 +85,8 @@ class StepGraph:
 
     def _give_up(self, reason: str):
         warn_no_graph(self.name, reason)
+        for group, capturable in zip(self.optimizer.param_groups, self.capturable):
+            group["capturable"] = capturable  # the uncaptured foreach step is faster without it
         self.graph = self.static_in = self.static_out = self.lr_tensors = None
         self.eager_only = True
 
@@ -106,7 +109,8 @@ class StepGraph:
         try:
             for group, lr in zip(self.optimizer.param_groups, self.lr_tensors):
                 group["lr"] = lr
-            with torch.cuda.graph(graph):
+            # thread_local: other threads (hmar-train's data prefetcher: pinned copies) may keep using CUDA
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self.static_out = self.step_fn(*self.static_in)
         except Exception as err:  # noqa: BLE001 - any capture error: warned, and the step runs eagerly
             self.optimizer.zero_grad(set_to_none=True)  # whatever the failed capture allocated holds no values
