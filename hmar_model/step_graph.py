@@ -104,6 +104,7 @@ class StepGraph:
                            for g in self.optimizer.param_groups]
         self.hyperparameters = _hyperparameters(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)  # gradients are allocated in the graph's pool
+        torch.cuda.empty_cache()  # the warm-up's cached blocks: the graph gets a pool of its own, as large
         lrs = [g["lr"] for g in self.optimizer.param_groups]
         graph = torch.cuda.CUDAGraph()
         try:
