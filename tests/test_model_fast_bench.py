@@ -66,3 +66,16 @@ def test_rows_of_an_earlier_run_are_kept_unless_remeasured(e2e, tmp_path):
     rows = e2e.merge_row(e2e.read_rows(path), dict(dict.fromkeys(e2e.COLUMNS, 0), model="hmar", ms=2))
     e2e.write_rows(path, rows)
     assert [(r["model"], r["ms"]) for r in e2e.read_rows(path)] == [("var", "1"), ("hmar", "2")]
+
+
+def test_hmar_bench_e2e_measures_the_chosen_rows_into_the_gpu_folder(e2e, monkeypatch, tmp_path):
+    import torch
+
+    from hmar_bench import cli
+
+    calls = []
+    monkeypatch.setattr(e2e, "measure", lambda out, configs, sampling=True: calls.append((out, configs, sampling)))
+    args = cli.parse_args(["--e2e-only", "--e2e-configs", "d16-256", "--e2e-no-sampling", "--no-plots", "--results",
+                           str(tmp_path)], on_gpu=True)
+    assert cli.run(args, torch.device("cpu"), "NVIDIA H200") == 0
+    assert calls == [(tmp_path / "nvidia-h200", ["d16-256"], False)]
