@@ -1,5 +1,5 @@
-"""hmar_bench.e2e (hmar-bench --e2e, bench/e2e_fast.py) on the CPU: the model-FLOP count against the issue's figures and an independent dense-mask
-count, the CSV writer, and a clear exit without a GPU."""
+"""hmar_bench.e2e (hmar-bench --e2e, bench/e2e_fast.py) on the CPU: the model-FLOP count against the issue's
+figures and an independent dense-mask count, the CSV writer, and a clear exit without a GPU."""
 import csv
 import subprocess
 import sys
