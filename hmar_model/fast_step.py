@@ -12,12 +12,15 @@ default uniform 1/L as VAR). What differs between the modes, never what is compu
   cross-entropy over row chunks (the (B, L, V) fp32 logits never exist);
 * ``compile``: ``torch.compile(fullgraph=True)`` of forward + loss, shapes static (one graph per schedule and
   batch, no recompiles across steps); the backward is AOT autograd's compiled graph. The optimizer step stays
-  outside (the fused AdamW is one multi-tensor kernel already).
+  outside (the fused AdamW is one multi-tensor kernel already);
+* ``cuda_graph``: the whole step (forward, loss, backward, optimizer step, zero_grad) replays as one CUDA graph
+  after three warm-up calls (``hmar_model.step_graph``); LR changes made through ``group["lr"]`` are followed.
 """
 from __future__ import annotations
 
 import torch
 
+from .step_graph import StepGraph, static_problem, use_graph
 from .train.loss import ce_and_hits, next_scale_loss
 
 
@@ -58,11 +61,14 @@ class TrainStep:
         compile, fused: None → on for CUDA models, off elsewhere (the eager, unfused reference).
         backend: attention backend of ``hmar_kernels.attention``.
         loss_weights: (L,) per-token weights; None → 1/L.
+        cuda_graph: None → on for CUDA models given an optimizer (a one-time warning when that optimizer has no
+            capturable mode); True → on, or a one-time warning saying why not; False → off.
+            See ``hmar_model.step_graph``.
     """
 
     def __init__(self, model, optimizer=None, *, dtype: torch.dtype | None = torch.bfloat16,
                  compile: bool | None = None, fused: bool | None = None, backend: str = "auto",
-                 loss_weights: torch.Tensor | None = None):
+                 loss_weights: torch.Tensor | None = None, cuda_graph: bool | None = None):
         if not hasattr(model, "head_cross_entropy"):
             raise TypeError(f"TrainStep trains VAR, NextScalePrediction or MaskedPrediction models, got "
                             f"{type(model).__name__} (the composite HMAR is assembled from trained NSP and MP models: "
@@ -81,12 +87,16 @@ class TrainStep:
         if self.weights_L.shape != (length,):
             raise ValueError(f"loss_weights must be (L,) = ({length},), got {tuple(self.weights_L.shape)}")
         self.loss = torch.compile(self._loss, fullgraph=True) if self.compiled else self._loss
+        if cuda_graph is None and optimizer is None:
+            cuda_graph = False  # the caller steps: nothing to capture, nothing to warn about
+        self.graphed = use_graph(cuda_graph, device, static_problem(device, optimizer), "TrainStep")
+        self.run = StepGraph(self._step, optimizer, "TrainStep") if self.graphed else self._step
 
     def _loss(self, inputs, target_BL):
         with torch.autocast(self.device_type, dtype=self.dtype or torch.float32, enabled=self.autocast_on):
             return weighted_cross_entropy(self.model, inputs, target_BL, self.weights_L, self.backend, self.fused)
 
-    def __call__(self, *inputs_and_target) -> torch.Tensor:
+    def _step(self, *inputs_and_target) -> torch.Tensor:
         *inputs, target_BL = inputs_and_target
         loss = self.loss(tuple(inputs), target_BL)
         loss.backward()
@@ -94,3 +104,6 @@ class TrainStep:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
+
+    def __call__(self, *inputs_and_target) -> torch.Tensor:
+        return self.run(*inputs_and_target)

@@ -1,7 +1,6 @@
-"""bench/e2e_fast.py on the CPU: the model-FLOP count against the issue's figures and an independent dense-mask
-count, the CSV writer, and a clear exit without a GPU."""
+"""hmar_bench.e2e (hmar-bench --e2e, bench/e2e_fast.py) on the CPU: the model-FLOP count against the issue's
+figures and an independent dense-mask count, the CSV writer, and a clear exit without a GPU."""
 import csv
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +15,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "e2e_fast.py"
 
 @pytest.fixture(scope="module")
 def e2e():
-    spec = importlib.util.spec_from_file_location("e2e_fast", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from hmar_bench import e2e as module
+
     return module
 
 
@@ -68,3 +66,16 @@ def test_rows_of_an_earlier_run_are_kept_unless_remeasured(e2e, tmp_path):
     rows = e2e.merge_row(e2e.read_rows(path), dict(dict.fromkeys(e2e.COLUMNS, 0), model="hmar", ms=2))
     e2e.write_rows(path, rows)
     assert [(r["model"], r["ms"]) for r in e2e.read_rows(path)] == [("var", "1"), ("hmar", "2")]
+
+
+def test_hmar_bench_e2e_measures_the_chosen_rows_into_the_gpu_folder(e2e, monkeypatch, tmp_path):
+    import torch
+
+    from hmar_bench import cli
+
+    calls = []
+    monkeypatch.setattr(e2e, "measure", lambda out, configs, sampling=True: calls.append((out, configs, sampling)))
+    args = cli.parse_args(["--e2e-only", "--e2e-configs", "d16-256", "--e2e-no-sampling", "--no-plots", "--results",
+                           str(tmp_path)], on_gpu=True)
+    assert cli.run(args, torch.device("cpu"), "NVIDIA H200") == 0
+    assert calls == [(tmp_path / "nvidia-h200", ["d16-256"], False)]

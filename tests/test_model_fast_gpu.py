@@ -90,3 +90,48 @@ def test_fast_step_peak_memory_not_above_eager():
         peaks[mode] = torch.cuda.max_memory_allocated() - before
         model.zero_grad(set_to_none=True)
     assert peaks["fast"] <= peaks["eager"], f"peak memory above eager's: {peaks}"
+
+
+def run_steps(step, optimizer, inputs, target, n=6):
+    """n steps with the LR changed before each (a schedule); losses (n,) and the parameters after."""
+    losses = []
+    for i in range(n):
+        for group in optimizer.param_groups:
+            group["lr"] = 1e-3 * (i + 1)
+        losses.append(step(*inputs, target))
+    return torch.stack(losses), torch.cat([p.detach().flatten() for p in step.model.parameters()])
+
+
+def test_cuda_graph_step_matches_the_step_without_graph():
+    """3 warm-up calls, the capture, 2 replays: the same losses and parameters as 6 steps without a graph, with the
+    LR of every step followed (AdamW reads it from a device tensor inside the graph)."""
+    inputs, target = batch("hmar_nsp", 0)
+    results = {}
+    for graphed in (False, True):
+        torch._dynamo.reset()
+        model = make_model("hmar_nsp")
+        optimizer = torch.optim.AdamW(model.parameters(), fused=True)
+        step = TrainStep(model, optimizer, cuda_graph=graphed)
+        assert step.graphed == graphed
+        results[graphed] = run_steps(step, optimizer, inputs, target)
+    assert step.run.graph is not None and not step.run.eager_only
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=2e-3, atol=0)
+    got, want = results[True][1], results[False][1]
+    assert (got - want).norm() <= 1e-3 * want.norm(), f"parameters differ by {(got - want).norm() / want.norm():.3g}"
+    initial = torch.cat([p.detach().flatten() for p in make_model("hmar_nsp").parameters()])
+    assert (got - initial).norm() > 10 * (got - want).norm()  # the steps moved the weights well beyond the gap
+
+
+def test_cuda_graph_dropped_with_a_warning_when_a_graph_constant_changes():
+    model = make_model("var")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    step = TrainStep(model, optimizer, compile=False, fused=False)  # cuda_graph on by default with an optimizer
+    inputs, target = batch("var", 1)
+    for _ in range(5):
+        step(*inputs, target)
+    assert step.run.graph is not None
+    optimizer.param_groups[0]["weight_decay"] = 0.5
+    with pytest.warns(UserWarning, match="without a CUDA graph because an optimizer setting other than lr changed"):
+        loss = step(*inputs, target)
+    assert step.run.eager_only and torch.isfinite(loss)
+    assert all(p.grad is None for p in model.parameters())

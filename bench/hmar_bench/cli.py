@@ -23,7 +23,6 @@ import importlib
 import math
 import os
 import re
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -31,15 +30,14 @@ from pathlib import Path
 
 import torch
 
+from hmar_bench import e2e
 from hmar_bench import harness as bm
+from hmar_bench.harness import git_commit
 
 COLUMNS = ("device", "torch", "triton", "date", "commit", "px", "L", "B", "H", "D", "dtype", "pattern", "backend",
            "fwd_ms", "fwdbwd_ms", "fwd_tflops", "fwdbwd_tflops", "peak_mem_mb", "max_rel_err", "first_call_s",
            "fwd_steady_ms", "fwdbwd_steady_ms", "fwd_steady_tflops", "fwdbwd_steady_tflops")
 KEY = ("px", "L", "B", "H", "D", "dtype", "pattern", "backend")  # rows with the same key replace each other
-E2E_COLUMNS = ("device", "torch", "triton", "date", "commit", "bench", "model", "px", "B", "depth", "dtype", "backend",
-               "ms", "peak_mem_mb")
-E2E_KEY = ("bench", "model", "px", "B", "depth", "dtype", "backend")
 
 # Small schedules for the CPU sweep: the interpreter takes ~25 s per case at 256 px, ~2 s at L = 155.
 CPU_SCHEDULES = ((1, 2, 3, 4), (1, 2, 3, 5, 7))
@@ -50,17 +48,6 @@ CPU_BACKENDS = ("cuda", "triton", "varlen")
 # model for training, composite model with its default refinement schedule for sampling) with block-diagonal.
 E2E_MODELS = {"train": {"var": "hmar_model.var:build_var", "hmar": "hmar_model.hmar:build_hmar_nsp"},
               "infer": {"var": "hmar_model.var:build_var", "hmar": "hmar_model.hmar:build_hmar"}}
-
-def git_commit() -> str:
-    """Short hash of the checkout; HMAR_GIT_COMMIT overrides it (copies of the tree without their .git)."""
-    if os.environ.get("HMAR_GIT_COMMIT"):
-        return os.environ["HMAR_GIT_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
 
 def gpu_slug(name: str) -> str:
     """Folder name of a GPU: 'NVIDIA H100 80GB HBM3' → 'nvidia-h100', 'NVIDIA H200' → 'nvidia-h200'."""
@@ -272,46 +259,6 @@ def sample_call(kind: str, patch_nums, batch: int, depth: int, dtype, device, vq
     return lambda i: sample(model, vqvae, num_images=batch, seed=i, dtype=dtype)
 
 
-def run_e2e(args, device, meta) -> list[dict]:
-    """Train-step and sampling time of VAR and HMAR per schedule (one line and no rows when models are missing)."""
-    rows = []
-    for bench, kind in ((b, k) for b in ("train", "infer") for k in ("var", "hmar")):
-        try:
-            _builder(bench, kind)
-        except (ImportError, AttributeError) as error:
-            print(f"skip e2e {bench} {kind}: {E2E_MODELS[bench][kind]} is not available ({error})", flush=True)
-            continue
-        for px in args.px:
-            for dtype in args.dtypes:
-                label = f"e2e {bench} {kind} {px}px {dtype} B={args.batch} d{args.e2e_depth}"
-                calls = {}
-                for backend in (args.e2e_backends if bench == "train" else ["auto"]):
-                    try:
-                        calls[backend] = (train_step_call(kind, bm.SCHEDULES[px], args.batch, args.e2e_depth,
-                                                          bm.DTYPES[dtype], backend, device) if bench == "train" else
-                                          sample_call(kind, bm.SCHEDULES[px], args.batch, args.e2e_depth,
-                                                      bm.DTYPES[dtype], device))
-                    except torch.cuda.OutOfMemoryError:
-                        print(f"{label} {backend}: out of memory", flush=True)
-                        torch.cuda.empty_cache()
-                try:  # backends alternate, so host-speed drift does not favour one (the 256 px step is host-bound)
-                    times = bm.time_interleaved(calls, rounds=max(3, args.reps // 4))
-                    peaks = {backend: bm.peak_memory_mb(lambda: call(0)) for backend, call in calls.items()}
-                except torch.cuda.OutOfMemoryError:
-                    print(f"{label}: out of memory", flush=True)
-                    calls.clear()
-                    torch.cuda.empty_cache()
-                    continue
-                for backend in calls:
-                    rows.append({**meta, "bench": bench, "model": kind, "px": px, "B": args.batch,
-                                 "depth": args.e2e_depth, "dtype": dtype, "backend": backend,
-                                 "ms": times[backend], "peak_mem_mb": peaks[backend]})
-                    print(f"{label} {backend}: {times[backend]:.2f} ms, {peaks[backend]:.0f} MiB", flush=True)
-                calls.clear()
-                torch.cuda.empty_cache()
-    return rows
-
-
 # ---------------------------------------------------------------------------------------------- CPU sweep
 def cpu_sweep(args) -> int:
     """Correctness of the backends against the float64 reference on small schedules (no timing). Exit code."""
@@ -352,7 +299,8 @@ def cpu_sweep(args) -> int:
 # ---------------------------------------------------------------------------------------------------- CLI
 # Flags of the timed GPU sweep, refused by the CPU correctness sweep, and the other way round.
 GPU_ONLY_FLAGS = ("--px", "--head-dims", "--batch", "--heads", "--reps", "--warmup", "--quick", "--results",
-                  "--time-budget", "--fresh", "--no-plots", "--e2e", "--e2e-only", "--e2e-backends", "--e2e-depth")
+                  "--time-budget", "--fresh", "--no-plots", "--e2e", "--e2e-only", "--e2e-configs",
+                  "--e2e-no-sampling")
 CPU_ONLY_FLAGS = ("--cpu-head-dims",)
 
 
@@ -410,9 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also time a VAR / HMAR train step and sampling run per schedule (random weights) "
                              "into <results>/<gpu>/e2e.csv")
     parser.add_argument("--e2e-only", action="store_true", help="run the e2e benches without the attention sweep")
-    parser.add_argument("--e2e-backends", nargs="+", default=["auto", "sdpa"],
-                        help="attention backends of the e2e train-step bench (default: auto sdpa)")
-    parser.add_argument("--e2e-depth", type=int, default=16, help="model depth of the e2e benches (d16: D=64)")
+    parser.add_argument("--e2e-configs", nargs="+", default=list(e2e.TRAIN_CONFIGS), choices=list(e2e.TRAIN_CONFIGS),
+                        help="training configs of the e2e rows (default: all; d16-256 is B=32 at 256 px)")
+    parser.add_argument("--e2e-no-sampling", action="store_true", help="e2e: training rows only")
     parser.add_argument("--cpu-head-dims", type=int, nargs="+", default=[32],
                         help="head dims of the CPU correctness sweep")
     return parser
@@ -467,10 +415,11 @@ def run(args, device: torch.device, name: str) -> int:
         print_table(rows)
     if args.e2e or args.e2e_only:
         start = time.perf_counter()
-        e2e_rows = run_e2e(args, device, meta)
+        if args.fresh and (out_dir / "e2e.csv").exists():
+            (out_dir / "e2e.csv").unlink()
+        if e2e.measure(out_dir, args.e2e_configs, sampling=not args.e2e_no_sampling):
+            failures.append("e2e (see the FAILED lines above)")
         phases["e2e", ""] += time.perf_counter() - start
-        if e2e_rows:
-            write_rows(out_dir / "e2e.csv", e2e_rows, E2E_COLUMNS, E2E_KEY, merge=not args.fresh)
     if not args.no_plots and csv_path.exists():
         from . import plot
 

@@ -10,9 +10,12 @@ wait), so a call's host overhead is included (at 256 px the host, not the GPU, i
 from __future__ import annotations
 
 import itertools
+import os
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -353,3 +356,14 @@ def check_case(case: AttentionCase, device, attend: Callable | None = None, seed
         ratios[name] = error / bound if bound > 0 else float("inf")
     ratios["worst"] = max(ratios.values())
     return ratios
+
+
+def git_commit() -> str:
+    """Short hash of the checkout; HMAR_GIT_COMMIT overrides it (copies of the tree without their .git)."""
+    if os.environ.get("HMAR_GIT_COMMIT"):
+        return os.environ["HMAR_GIT_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"

@@ -76,6 +76,7 @@ class TrainSchema:
     seed: int = 42  # RNG seed; rank r uses seed·world + r, as upstream
     distributed: str = "ddp"  # "ddp" or "fsdp" (FSDP2 fully_shard per block; for d24/d30)
     compile: bool = False  # torch.compile the micro-batch's forward + loss
+    cuda_graph: Optional[bool] = None  # replay each optimiser step as one CUDA graph; None = on for CUDA when it can
     fused: Optional[bool] = None  # fused q/k-norm kernels + chunked head/CE (no (B, L, V) logits); None = on CUDA
     attn_backend: str = "auto"  # hmar_kernels.attention backend
     tf32: bool = True  # TF32 matmuls on CUDA (upstream default)
@@ -90,7 +91,7 @@ class TrainSchema:
 # Keys that may differ when resuming (they do not change the trajectory beyond rounding, or extend it: max_steps;
 # distributed: DCP re-shards the checkpoint for DDP or FSDP).
 RESUMABLE_OVERRIDES = ("max_steps", "threads", "log_every", "ckpt_every", "keep_last", "tensorboard", "compile",
-                       "fused", "attn_backend", "out", "data_path", "save_at_end", "distributed")
+                       "cuda_graph", "fused", "attn_backend", "out", "data_path", "save_at_end", "distributed")
 
 
 def recipe_names() -> list[str]:

@@ -6,7 +6,9 @@ One optimiser step = ``accum`` micro-batches per rank. Each micro-batch: token m
 the frozen VQVAE quantiser (fp32, no grad) → autocast forward to per-token (ce, hit): fused (hidden state →
 chunked head + CE, q/k-norm kernels) or from the logits → stage loss (next_scale_loss or masked_loss) → backward
 (DDP syncs on the last micro-batch); ``compile`` compiles forward + loss as one function. Then unscale (fp16),
-clip, AdamW step, EMA, and every ``log_every`` steps one host sync for the log line.
+clip, AdamW step, EMA, and every ``log_every`` steps one host sync for the log line. On CUDA the whole optimiser
+step (all micro-batches, clipping, AdamW, EMA) replays as one CUDA graph (``cuda_graph``, hmar_model.step_graph);
+the data, the masked stage's masks and the LR/WD schedule stay outside it.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from tqdm import tqdm
 
 from ..checkpoints import MASK_KEY, dense_mask_buffer, nsp_mp_to_hmar, save_checkpoint
 from ..fast_step import token_cross_entropy
+from ..step_graph import StepGraph, static_problem, use_graph
 from . import checkpoint, parallel
 from .config import ConfigError, to_yaml
 from .data import Batches, SyntheticTokens, TokenShards, vae_fingerprint
@@ -139,6 +142,9 @@ class Run:
                 self.scaler.load_state_dict(state["scaler"])
                 self.say_main(f"hmar-train: resumed from {state['folder']} (step {self.step}, "
                               f"{state['samples_seen']} samples seen)")
+        self.graphed = use_graph(cfg.cuda_graph, env.device, self.graph_problem(), "hmar-train")
+        self.train_step = StepGraph(self._train_step, self.optimizer, "hmar-train") if self.graphed else \
+            self._train_step
         if env.main:
             self._trim_log()
 
@@ -157,20 +163,60 @@ class Run:
             return next_scale_loss(ce_BL, hit_BL, self.weight_L)
         return masked_loss(ce_BL, hit_BL, masked_BL)
 
-    def micro_step(self, step: int, micro: int, label_B, tokens_BL) -> torch.Tensor:
+    def graph_problem(self) -> str | None:
+        """Why this run's optimiser step cannot replay as one CUDA graph, or None."""
         cfg = self.cfg
+        if self.env.world > 1:
+            return f"it runs on {self.env.world} ranks (no collectives inside a captured step here)"
+        if cfg.distributed == "fsdp":
+            return "distributed=fsdp (FSDP2's hooks are not captured here)"
+        if cfg.precision == "fp16":
+            return "precision=fp16: the GradScaler's inf check and scale update sync the host every step"
+        if cfg.twde is not None and cfg.twde != cfg.twd:
+            return "the weight decay follows a schedule (twde): AdamW's weight_decay is a constant of the graph"
+        return static_problem(self.env.device, self.optimizer)
+
+    def step_inputs(self, micro_batches) -> list[torch.Tensor]:
+        """The tensors of one optimiser step: per micro-batch label_B, tokens_BL and, in the masked stage, the mask
+        masked_L (L,), drawn on the CPU (no host sync, ≥ 1 masked token per scale ≥ 1) and copied to the device
+        here, outside any graph."""
+        cfg, n_0 = self.cfg, self.patch_nums[0] ** 2
+        tensors = []
+        for step, micro, label_B, tokens_BL in micro_batches:
+            tensors += [label_B, tokens_BL]
+            if cfg.stage == "masked":
+                g = torch.Generator().manual_seed(((cfg.seed * 1_000_003 + step) * 1009 + micro) * 1009
+                                                  + self.env.rank)
+                masked_L = torch.cat((torch.zeros(n_0, dtype=torch.bool), draw_mask(self.patch_nums, g)))
+                tensors.append(masked_L.to(self.env.device))
+        return tensors
+
+    def _train_step(self, *tensors) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step over the ``accum`` micro-batches of ``step_inputs`` → (mean micro-batch loss (fp64),
+        grad norm)."""
+        accum = self.cfg.accum
+        per_micro = len(tensors) // accum
+        loss_mean = torch.zeros((), dtype=torch.float64, device=self.env.device)
+        for micro in range(accum):
+            last_micro = micro == accum - 1
+            no_sync = (self.wrapped.no_sync() if hasattr(self.wrapped, "no_sync") and not last_micro
+                       else contextlib.nullcontext())
+            with no_sync:
+                loss = self.micro_step(*tensors[micro * per_micro:(micro + 1) * per_micro])
+                self.scaler.scale(loss / accum).backward()
+            loss_mean += loss.detach().double() / accum
+        return loss_mean, self.optimizer_step()
+
+    def micro_step(self, label_B, tokens_BL, masked_L=None) -> torch.Tensor:
+        """Loss of one micro-batch (masked_L (L,) bool: the masked stage's mask, shared by the batch)."""
         indices = split_scales(tokens_BL, self.patch_nums)
         with torch.no_grad():
             x_BLCv = self.vqvae.quantize.next_scale_inputs(indices, self.patch_nums)
-        if cfg.stage == "next-scale":
+        if masked_L is None:
             loss, ce_BL, hit_BL = self.losses((label_B, x_BLCv), tokens_BL, None)
             self.stats.add(ce_BL, hit_BL)
             return loss
-        g = torch.Generator().manual_seed(((cfg.seed * 1_000_003 + step) * 1009 + micro) * 1009 + self.env.rank)
-        n_0 = self.patch_nums[0] ** 2
-        # drawn on the CPU (no host sync), ≥ 1 masked token per scale ≥ 1; one copy to the device
-        masked_L = torch.cat((torch.zeros(n_0, dtype=torch.bool), draw_mask(self.patch_nums, g))).to(self.env.device)
-        masked_l = masked_L[n_0:]  # (L − n_0,): the model's argument
+        masked_l = masked_L[self.patch_nums[0] ** 2:]  # (L − n_0,): the model's argument
         with torch.no_grad():
             own_BLCv = self.vqvae.quantize.masked_inputs(indices, self.patch_nums)
         masked_BL = masked_L.expand_as(tokens_BL)
@@ -294,19 +340,14 @@ def _loop(run: Run) -> dict:
     with StopRequested() as stop:
         while run.step < cfg.max_steps:
             lr = set_lr_wd(run.optimizer, cfg, run.step)
+            micro_batches = []
             for micro in range(cfg.accum):
                 t0 = time.perf_counter()
-                step, m, label_B, tokens_BL = next(batches)
+                micro_batches.append(next(batches))
                 data_s += time.perf_counter() - t0
-                assert (step, m) == (run.step, micro)
-                last_micro = micro == cfg.accum - 1
-                no_sync = (run.wrapped.no_sync() if hasattr(run.wrapped, "no_sync") and not last_micro
-                           else contextlib.nullcontext())
-                with no_sync:
-                    loss = run.micro_step(run.step, micro, label_B, tokens_BL)
-                    run.scaler.scale(loss / cfg.accum).backward()
-                loss_sum += loss.detach().double() / cfg.accum
-            grad_norm = run.optimizer_step()
+                assert micro_batches[-1][:2] == (run.step, micro)
+            step_loss, grad_norm = run.train_step(*run.step_inputs(micro_batches))
+            loss_sum += step_loss
             run.step += 1
             window_steps += 1
             bar.update(1)
