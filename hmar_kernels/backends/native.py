@@ -108,6 +108,7 @@ def _build(plan: LaunchPlan, q, k, v) -> int:
     ext, why = _extension()
     if ext is None:
         raise Unsupported(why)
+    q, k, v = (tma_ready(t.detach()) for t in (q, k, v))
     spec = ext.PlanSpec()
     spec.like, spec.poison = q, plan.options.poison_outputs
     triton_backward = plan.options.cuda_backward == "triton" or plan.backend not in cuda.ARCHS
@@ -116,7 +117,6 @@ def _build(plan: LaunchPlan, q, k, v) -> int:
         if not triton_backward:
             spec.cuda_backward = cuda.backward_setup(plan)
             return ext.register_plan(spec)
-    q, k, v = (tma_ready(t.detach()) for t in (q, k, v))
     out, lse = cuda.run_forward(plan, q, k, v) if plan.backend in cuda.ARCHS else host.run_forward(plan, q, k, v)
     dout = torch.zeros_like(out)
     dq, dk, dv = host.run_backward(plan, dout, q, k, v, out, lse)

@@ -41,7 +41,11 @@ def run_forward(plan: LaunchPlan, q, k, v):
     lse = new_output((B, H, L), torch.float32, q.device)
     if q.numel() == 0:
         return out, lse
-    kernel = plan.triton_forward or _forward_launch(plan, q, k, v, out, lse)
+    kernel = plan.triton_forward
+    if kernel is None:
+        kernel = plan.triton_forward = _tuned_launch(
+            plan, "fwd", _fwd, forward_tables, plan.options.triton_fwd,
+            lambda launch: forward_args(launch, q, k, v, out, lse, plan.softmax_scale))
     kernel.run(forward_args(kernel, q, k, v, out, lse, plan.softmax_scale))
     return out, lse
 
@@ -53,23 +57,23 @@ def forward_args(kernel: KernelLaunch, q, k, v, out, lse, softmax_scale: float) 
             q.shape[1], q.shape[2], softmax_scale * LOG2E]
 
 
-def _fwd_launch(config: tuning.FwdConfig, plan: LaunchPlan) -> KernelLaunch:
+def _tuned_launch(plan: LaunchPlan, name: str, launcher: CachedLaunch, build_tables, fixed, args_of) -> KernelLaunch:
+    """The launch of the forward ("fwd") or backward ("bwd") kernel, one program per row of its program table,
+    with the config chosen by tuning.choose (``fixed`` if set; else autotuned on a key's first call, running each
+    candidate with ``args_of(launch)``)."""
     B, H, L, D = plan.shape
-    tables = forward_tables(plan.patch_nums, plan.row_bits, config.block_m, config.block_n, B * H, plan.device)
-    return KernelLaunch(_fwd, (tables.programs, 1, 1), tables,
-                        (D, config.block_m, config.block_n, _dot_precision(plan.dtype)), config.num_warps,
-                        config.num_stages, config)
 
+    def launch_of(config) -> KernelLaunch:
+        tables = build_tables(plan.patch_nums, plan.row_bits, config.block_m, config.block_n, B * H, plan.device)
+        return KernelLaunch(launcher, (tables.programs, 1, 1), tables,
+                            (D, config.block_m, config.block_n, _dot_precision(plan.dtype)), config.num_warps,
+                            config.num_stages, config)
 
-def _forward_launch(plan: LaunchPlan, q, k, v, out, lse) -> KernelLaunch:
-    """plan.triton_forward, with the config chosen (autotuned on these tensors on a key's first call)."""
     def trial(config):
-        kernel = _fwd_launch(config, plan)
-        kernel.run(forward_args(kernel, q, k, v, out, lse, plan.softmax_scale))
+        candidate = launch_of(config)
+        candidate.run(args_of(candidate))
 
-    key = (plan.patch_nums, plan.row_bits, plan.shape[-1], plan.dtype, plan.device)
-    plan.triton_forward = _fwd_launch(tuning.choose("fwd", plan.options.triton_fwd, key, trial), plan)
-    return plan.triton_forward
+    return launch_of(tuning.choose(name, fixed, (plan.patch_nums, plan.row_bits, D, plan.dtype, plan.device), trial))
 
 
 def backward(dout, q, k, v, out, lse, patch_nums: tuple[int, ...], row_bits: tuple[int, ...],
@@ -92,7 +96,11 @@ def run_backward(plan: LaunchPlan, dout, q, k, v, out, lse):
         return dq, dk, dv
     preprocess = plan.triton_preprocess or _preprocess_launch(plan)
     preprocess.run(preprocess_args(out, dout, delta))
-    kernel = plan.triton_backward or _backward_launch(plan, dout, q, k, v, lse, delta, dq, dk, dv)
+    kernel = plan.triton_backward
+    if kernel is None:
+        kernel = plan.triton_backward = _tuned_launch(
+            plan, "bwd", _bwd, _bwd_tables, plan.options.triton_bwd,
+            lambda launch: backward_args(launch, dout, q, k, v, lse, delta, dq, dk, dv, plan.softmax_scale))
     kernel.run(backward_args(kernel, dout, q, k, v, lse, delta, dq, dk, dv, plan.softmax_scale))
     return dq, dk, dv
 
@@ -127,22 +135,3 @@ def backward_args(kernel: KernelLaunch, dout, q, k, v, lse, delta, dq, dk, dv, s
     bm, bn = kernel.config.block_m, kernel.config.block_n
     return [descriptor(q, bm), descriptor(dout, bm), descriptor(k, bn), descriptor(v, bn), dq, dk, dv, lse, delta,
             q.shape[1], q.shape[2], softmax_scale, softmax_scale * LOG2E]
-
-
-def _bwd_launch(config: tuning.BwdConfig, plan: LaunchPlan) -> KernelLaunch:
-    B, H, L, D = plan.shape
-    tables = _bwd_tables(plan.patch_nums, plan.row_bits, config.block_m, config.block_n, B * H, plan.device)
-    return KernelLaunch(_bwd, (tables.programs, 1, 1), tables,
-                        (D, config.block_m, config.block_n, _dot_precision(plan.dtype)), config.num_warps,
-                        config.num_stages, config)
-
-
-def _backward_launch(plan: LaunchPlan, dout, q, k, v, lse, delta, dq, dk, dv) -> KernelLaunch:
-    """plan.triton_backward, with the config chosen (autotuned on these tensors on a key's first call)."""
-    def trial(config):
-        kernel = _bwd_launch(config, plan)
-        kernel.run(backward_args(kernel, dout, q, k, v, lse, delta, dq, dk, dv, plan.softmax_scale))
-
-    key = (plan.patch_nums, plan.row_bits, plan.shape[-1], plan.dtype, plan.device)
-    plan.triton_backward = _bwd_launch(tuning.choose("bwd", plan.options.triton_bwd, key, trial), plan)
-    return plan.triton_backward
