@@ -21,6 +21,7 @@ from hmar_bench import harness as bm
 from hmar_kernels import buffers, current_options, kernel_options
 from hmar_kernels.backends import cuda
 from hmar_kernels.options import CUDA_SCHEDULERS
+from hmar_kernels.plan import launch_plan
 from hmar_kernels.reference import reference_attention
 from hmar_kernels.tiles import bits_to_matrix, named_pattern_bits, tile_mask
 from hmar_bench.cli import git_commit
@@ -99,12 +100,11 @@ def host_overhead(rows_out):
     q, k, v = (torch.randn(1, 1, 680, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     ext = cuda.module()
     with kernel_options(cuda_fwd_config=0, cuda_scheduler="dynamic"):
-        args = cuda.launch_setup(pn, row_bits, q.shape, q.device, 0.125)
+        args = cuda.forward_setup(launch_plan("cuda", pn, row_bits, 0.125, q))
     out, lse = torch.empty_like(q), torch.empty(1, 1, 680, device="cuda")
     stream = buffers.current_stream(q.device.index)
-    counter = cuda._scheduler_counter(q.device, stream)
     layers = {
-        "ext.fwd (C++ binding + launch)": lambda: ext.fwd(q, k, v, out, lse, args, counter, stream),
+        "ext.fwd (C++ binding + launch)": lambda: ext.fwd(q, k, v, out, lse, args, stream),
         "cuda.forward": lambda: cuda.forward(q, k, v, pn, row_bits, 0.125),
         "ops.attention_forward (custom op)": lambda: ops.attention_forward(q, k, v, pn, row_bits, 0.125, "cuda"),
         "attention(backend=cuda)": lambda: hmar_kernels.attention(q, k, v, pn, "block_causal", backend="cuda"),

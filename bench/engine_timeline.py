@@ -17,6 +17,7 @@ import torch
 import hmar_kernels
 from hmar_kernels import ops
 from hmar_kernels.api import _plan
+from hmar_kernels.plan import launch_plan
 from hmar_bench.harness import SCHEDULES
 
 
@@ -58,7 +59,8 @@ def main():
     paths = {
         "triton, C++ launches": lambda: hmar_kernels.attention(q, k, v, pn, args.pattern, backend="triton"),
         "cuda fwd, C++ launches": lambda: hmar_kernels.attention(q, k, v, pn, args.pattern, backend="cuda"),
-        "triton, Python launches": lambda: ops._EagerAttention.apply(q, k, v, pn, row_bits, scale, "triton"),
+        "triton, Python launches": lambda: ops._EagerAttention.apply(q, k, v, launch_plan("triton", pn, row_bits,
+                                                                                          scale, q)),
         "sdpa": lambda: hmar_kernels.attention(q, k, v, pn, args.pattern, backend="sdpa"),
     }
     print(f"{args.px} px {args.pattern}, B=4 H=16 D=64 bf16; host µs: forward / backward / call; wall µs (idle)")

@@ -8,9 +8,11 @@
 
 #include <cuda_runtime_api.h>
 
-#include <optional>
+#include <map>
+#include <mutex>
 #include <stdexcept>
 #include <tuple>
+#include <utility>
 
 #include "api_common.h"
 #include "flash.h"
@@ -21,8 +23,32 @@ namespace hmar {
 
 using namespace detail;
 
+namespace {
+
+// The dynamic scheduler's counter on (device, stream): two zeroed int32 that CTAs claim programs with (the kernel
+// leaves them zero), one pair per stream so that concurrent launches never share one. Allocated outside torch's
+// caching allocator, so that no CUDA graph's memory pool (torch.cuda.graph, torch.compile's reduce-overhead mode)
+// ever holds it; kept for the process. None while the stream is being captured and no counter exists yet: the
+// launch then strides statically rather than allocating inside the graph.
+int* scheduler_counter(int device, cudaStream_t stream) {
+    static std::mutex mutex;
+    static std::map<std::pair<int, cudaStream_t>, int*> counters;
+    std::lock_guard<std::mutex> lock(mutex);
+    auto const found = counters.find({device, stream});
+    if (found != counters.end()) { return found->second; }
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    check_cuda(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing");
+    if (capture != cudaStreamCaptureStatusNone) { return nullptr; }
+    void* counter = nullptr;
+    check_cuda(cudaMalloc(&counter, 2 * sizeof(int)), "cudaMalloc (scheduler counter)");
+    check_cuda(cudaMemsetAsync(counter, 0, 2 * sizeof(int), stream), "cudaMemsetAsync (scheduler counter)");
+    return counters[{device, stream}] = static_cast<int*>(counter);
+}
+
+}  // namespace
+
 void fwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor& out, at::Tensor& lse,
-         CudaForward const& args, std::optional<at::Tensor> const& counter, int64_t stream) {
+         CudaForward const& args, int64_t stream) {
     TORCH_CHECK(q.is_cuda(), "q must be a CUDA tensor, got device ", q.device());
     TORCH_CHECK(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf,
                 "q must be bf16 or fp16 for the CUDA kernels, got ", q.scalar_type());
@@ -33,11 +59,6 @@ void fwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tens
     int64_t const B = q.size(0), H = q.size(1), L = q.size(2), D = q.size(3);
     check_rows(lse, "lse", q);
     TablePointers const tables = check_tables(args.tables, q, "tables");
-    if (counter) {
-        TORCH_CHECK(counter->device() == q.device() && counter->scalar_type() == at::kInt &&
-                        counter->is_contiguous() && counter->numel() >= 2,
-                    "counter must be 2 contiguous int32 on ", q.device());
-    }
     TORCH_CHECK(B * H < (int64_t(1) << 31) && L < (int64_t(1) << 31), "B·H and L must fit in int32");
     check_arch(args.arch, q, "forward");
     int const device = q.get_device();
@@ -70,13 +91,14 @@ void fwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tens
     p.num_programs = tables.num_programs;
     bool const sm80 = args.arch == 80;
     p.num_ctas = int(sm80 ? tables.num_programs : args.num_ctas > 0 ? args.num_ctas : device_info(device).sm_count);
-    p.scheduler_counter = counter && !sm80 ? counter->data_ptr<int>() : nullptr;
+    auto const cuda_stream = reinterpret_cast<cudaStream_t>(stream);
+    p.scheduler_counter = args.dynamic && !sm80 ? scheduler_counter(device, cuda_stream) : nullptr;
     p.config = int(args.config);
     try {
         if (sm80) {
-            run_fwd_sm80(p, reinterpret_cast<cudaStream_t>(stream));
+            run_fwd_sm80(p, cuda_stream);
         } else {
-            run_fwd(p, reinterpret_cast<cudaStream_t>(stream));
+            run_fwd(p, cuda_stream);
         }
     } catch (std::invalid_argument const& error) {
         TORCH_CHECK_VALUE(false, "hmar_kernels CUDA forward: ", error.what());

@@ -6,7 +6,6 @@
 
 #include <torch/extension.h>
 
-#include <optional>
 #include <tuple>
 
 namespace hmar {
@@ -24,24 +23,24 @@ struct TileTables {
 };
 
 // Everything a CUDA forward launch reads besides q, k, v, out and lse, fixed per (schedule, pattern, shape,
-// options): built once by hmar_kernels.backends.cuda.launch_setup.
+// options): built once per launch plan by hmar_kernels.backends.cuda.forward_setup.
 struct CudaForward {
     TileTables tables;  // built with fwd_tile(D, config) (arch 90) or tile_shape_sm80(D)'s forward tile (arch 80)
     double softmax_scale = 0;
     int64_t config = 0;    // row of csrc/tile_size.h's fwd_tile_sm90 table (arch 90)
     int64_t num_ctas = 0;  // grid size; 0: one CTA per SM (arch 80: always one CTA per program)
-    bool dynamic = true;   // dynamic scheduling: the caller passes a counter per stream (arch 90)
+    bool dynamic = true;   // dynamic scheduling (arch 90): CTAs claim programs through a counter that fwd keeps per
+                           // (device, stream)
     int64_t arch = 90;     // 90: the sm90a kernels (Hopper only); 80: the sm80 kernels (sm80 and later)
 };
 
-// q, k, v, out: (B, H, L, D) bf16/fp16 on a GPU the arch runs on; lse: (B, H, L) fp32 contiguous. counter: 2
-// zeroed int32 for dynamic scheduling, owned by the caller per stream (the kernel leaves them zero), or none for
-// static striding. stream: the current cudaStream_t as an integer. Writes out and lse.
+// q, k, v, out: (B, H, L, D) bf16/fp16 on a GPU the arch runs on; lse: (B, H, L) fp32 contiguous. stream: the
+// current cudaStream_t as an integer. Writes out and lse.
 void fwd(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor& out, at::Tensor& lse,
-         CudaForward const& args, std::optional<at::Tensor> const& counter, int64_t stream);
+         CudaForward const& args, int64_t stream);
 
 // Everything a CUDA backward launch reads besides its tensors, fixed per (schedule, pattern, shape, options):
-// built once by hmar_kernels.backends.cuda.backward_setup.
+// built once per launch plan by hmar_kernels.backends.cuda.backward_setup.
 struct CudaBackward {
     TileTables kv;  // the transposed pattern's tables (rows = keys) and program table, built with bwd_tile
     TileTables q;   // arch 90: the pattern's tables (rows = queries) and program table with the same tile

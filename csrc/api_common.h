@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "api.h"
+#include "tensor_rules.h"
 
 namespace hmar::detail {
 
@@ -16,10 +17,16 @@ inline void check_cuda(cudaError_t status, char const* what) {
     TORCH_CHECK(status == cudaSuccess, "hmar_kernels CUDA kernels: ", what, ": ", cudaGetErrorString(status));
 }
 
-// TMA reads q, k, v through tensor maps and the epilogues write in 16-byte vectors: 16-byte aligned base, unit
-// stride on D and every other stride a multiple of 16 bytes (dims of size 1 get a placeholder stride: no index
-// ever steps along them). The sm80 kernels' 16-byte cp.async loads need the same.
-inline int64_t tma_stride(at::Tensor const& t, int dim) { return t.size(dim) == 1 ? 8 : t.stride(dim); }
+// The stride of dimension dim as the kernels read it (tensor_rules.h: size-1 dimensions get a placeholder).
+inline int64_t tma_stride(at::Tensor const& t, int dim) {
+    return kernel_stride(t.sizes().data(), t.strides().data(), int(t.dim()), dim);
+}
+
+// Whether TMA can read t in place (tensor_rules.h); the kernels' 16-byte cp.async loads need the same.
+inline bool tma_readable(at::Tensor const& t) {
+    return tma_readable_layout(t.sizes().data(), t.strides().data(), int(t.dim()), t.element_size(),
+                               reinterpret_cast<uintptr_t>(t.data_ptr()));
+}
 
 inline void check_qkv(at::Tensor const& t, char const* name, at::Tensor const& q) {
     TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got device ", t.device());
@@ -28,12 +35,9 @@ inline void check_qkv(at::Tensor const& t, char const* name, at::Tensor const& q
     TORCH_CHECK(t.scalar_type() == q.scalar_type(), name, " has dtype ", t.scalar_type(), " but q has ",
                 q.scalar_type());
     TORCH_CHECK(t.device() == q.device(), name, " is on ", t.device(), " but q is on ", q.device());
-    TORCH_CHECK(t.stride(3) == 1, name, " must have unit stride on D (last dim), got strides ", t.strides());
-    TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, name, " must be 16-byte aligned for TMA");
-    for (int d = 0; d < 3; ++d) {
-        TORCH_CHECK(tma_stride(t, d) % 8 == 0, name, " strides must be multiples of 8 elements (16 bytes) for TMA,"
-                    " got ", t.strides(), "; pass a contiguous tensor");
-    }
+    TORCH_CHECK(tma_readable(t), name, " cannot be read by TMA (strides ", t.strides(), ", address % 16 = ",
+                reinterpret_cast<uintptr_t>(t.data_ptr()) % 16, "): it needs unit stride on D, a 16-byte aligned "
+                "address and strides of 16-byte multiples; pass a contiguous tensor");
 }
 
 // A contiguous fp32 (B, H, L) tensor on q's device (lse).

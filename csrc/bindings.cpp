@@ -88,8 +88,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         .def_readwrite("like", &PlanSpec::like)
         .def_readwrite("poison", &PlanSpec::poison);
 
-    m.def("fwd", &hmar::fwd, "sm90a block-sparse forward (writes out and lse)", py::arg("q"), py::arg("k"),
-          py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("args"), py::arg("counter"), py::arg("stream"));
+    m.def("fwd", &hmar::fwd, "block-sparse forward (writes out and lse)", py::arg("q"), py::arg("k"), py::arg("v"),
+          py::arg("out"), py::arg("lse"), py::arg("args"), py::arg("stream"));
     m.def("bwd", &hmar::bwd, "block-sparse backward (writes dq, dk, dv)", py::arg("q"), py::arg("k"), py::arg("v"),
           py::arg("out"), py::arg("dout"), py::arg("lse"), py::arg("dq"), py::arg("dk"), py::arg("dv"),
           py::arg("args"), py::arg("stream"));

@@ -9,33 +9,24 @@
 #include "native_attention.h"
 
 #include <c10/core/DeviceGuard.h>
-#include <cuda_runtime_api.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/extension.h>
 
 #include <deque>
 #include <limits>
-#include <map>
-#include <memory>
 #include <mutex>
 
+#include "api_common.h"
 #include "triton_launch.h"
 
 namespace hmar {
 namespace {
 
-// The CUDA forward of a plan, with the dynamic scheduler's counters: two zeroed int32 per stream, so that
-// concurrent launches never share one (the kernel leaves them zero).
-struct CudaForwardState {
-    CudaForward args;
-    std::map<CUstream, at::Tensor> counters;  // guarded by plans_mutex
-};
-
 // The kernels of one (backend, schedule, pattern, shape, dtype, device, options) and what they read.
 struct Plan {
     TritonKernel forward, preprocess, backward;  // forward unused when cuda_forward is set, the other two when
                                                  // cuda_backward is
-    std::shared_ptr<CudaForwardState> cuda_forward;
+    std::optional<CudaForward> cuda_forward;
     std::optional<CudaBackward> cuda_backward;
     std::vector<at::Tensor> tables;  // the schedule tables whose addresses the codes hold: kept alive here
     std::vector<int64_t> shape;      // (B, H, L, D) of q, k, v
@@ -70,18 +61,8 @@ TritonKernel make_kernel(TritonKernelSpec const& spec, char const* name) {
     return kernel;
 }
 
-// Whether TMA can read t as it is (unit last stride, 16-byte aligned base and strides of dims > 1): the same rule
-// as hmar_kernels.buffers.tma_ready.
-bool tma_readable(at::Tensor const& t) {
-    int64_t const size = t.element_size();
-    if (t.stride(-1) != 1 || reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0) { return false; }
-    for (int64_t d = 0; d + 1 < t.dim(); ++d) {
-        if (t.size(d) > 1 && (t.stride(d) * size) % 16 != 0) { return false; }
-    }
-    return true;
-}
-
-at::Tensor tma_ready(at::Tensor const& t) { return tma_readable(t) ? t : t.contiguous(); }
+// t itself where TMA can read it (api_common.h, tensor_rules.h), else a contiguous copy.
+at::Tensor tma_ready(at::Tensor const& t) { return detail::tma_readable(t) ? t : t.contiguous(); }
 
 at::Tensor new_output(at::IntArrayRef shape, at::ScalarType dtype, Plan const& plan) {
     auto const options = at::TensorOptions().dtype(dtype).device(plan.device);
@@ -107,30 +88,13 @@ void launch_checked(TritonKernel const& kernel, TensorRef const* slots, c10::Dev
     TORCH_CHECK(error.empty(), "hmar_kernels: Triton ", name, " kernel launch: ", error);
 }
 
-// The dynamic scheduler's counter for stream, or none while a capture is under way and none exists yet (the
-// capture then strides statically rather than allocating inside the graph), as hmar_kernels/backends/cuda.py does.
-std::optional<at::Tensor> scheduler_counter(CudaForwardState& f, CUstream stream, c10::Device device) {
-    if (!f.args.dynamic) { return std::nullopt; }
-    std::lock_guard<std::mutex> lock(plans_mutex);
-    auto found = f.counters.find(stream);
-    if (found != f.counters.end()) { return found->second; }
-    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    TORCH_CHECK(cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &capture) == cudaSuccess,
-                "cudaStreamIsCapturing failed");
-    if (capture != cudaStreamCaptureStatusNone) { return std::nullopt; }
-    return f.counters[stream] = at::zeros({2}, at::TensorOptions().dtype(at::kInt).device(device));
-}
-
 void run_forward(Plan const& plan, TensorRef const* slots, at::Tensor const& q, at::Tensor const& k,
                  at::Tensor const& v, at::Tensor& out, at::Tensor& lse) {
     if (!plan.cuda_forward) {
         launch_checked(plan.forward, slots, plan.device, "forward");
         return;
     }
-    CudaForwardState& f = *plan.cuda_forward;
-    CUstream const stream = current_stream(plan.device);
-    fwd(q, k, v, out, lse, f.args, scheduler_counter(f, stream, plan.device),
-        int64_t(reinterpret_cast<uintptr_t>(stream)));
+    fwd(q, k, v, out, lse, *plan.cuda_forward, int64_t(reinterpret_cast<uintptr_t>(current_stream(plan.device))));
 }
 
 void check_input(at::Tensor const& t, char const* name, Plan const& plan) {
@@ -197,17 +161,13 @@ int64_t register_plan(PlanSpec const& spec) {
     at::Tensor const& like = spec.like;
     TORCH_CHECK_VALUE(like.defined() && like.is_cuda() && like.dim() == 4, "like must be a (B, H, L, D) CUDA tensor");
     c10::DeviceGuard guard(like.device());
-    Plan plan{{}, {}, {}, nullptr, spec.cuda_backward, spec.tables, like.sizes().vec(), like.scalar_type(),
+    Plan plan{{}, {}, {}, spec.cuda_forward, spec.cuda_backward, spec.tables, like.sizes().vec(), like.scalar_type(),
               like.device(), spec.poison};
     if (!spec.cuda_backward) {
         plan.preprocess = make_kernel(spec.preprocess, "backward preprocess");
         plan.backward = make_kernel(spec.backward, "backward");
     }
-    if (spec.cuda_forward) {
-        plan.cuda_forward = std::make_shared<CudaForwardState>(CudaForwardState{*spec.cuda_forward, {}});
-    } else {
-        plan.forward = make_kernel(*spec.triton_forward, "forward");
-    }
+    if (!spec.cuda_forward) { plan.forward = make_kernel(*spec.triton_forward, "forward"); }
     std::lock_guard<std::mutex> lock(plans_mutex);
     plans.push_back(std::move(plan));
     return int64_t(plans.size()) - 1;

@@ -9,6 +9,8 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "tensor_rules.h"
+
 namespace hmar {
 namespace {
 
@@ -39,12 +41,8 @@ struct ParamBlock {
     void* pointers[kMaxMaps + kMaxScalars];
 };
 
-// Stride of dimension dim in elements as a tensor descriptor carries it: a size-1 dimension gets the innermost
-// size (any stride is valid there; TMA wants a multiple of 16 bytes), the innermost dimension 1.
-int64_t descriptor_stride(TensorRef const& t, int dim) {
-    if (dim == t.rank - 1) { return 1; }
-    return t.sizes[dim] > 1 ? t.strides[dim] : t.sizes[t.rank - 1];
-}
+// Stride of dimension dim in elements as a tensor descriptor carries it (tensor_rules.h).
+int64_t descriptor_stride(TensorRef const& t, int dim) { return kernel_stride(t.sizes, t.strides, t.rank, dim); }
 
 // The tensor map Triton's fill_tma_descriptor builds for a descriptor over t with box `code.box`.
 std::string encode_tensor_map(CUtensorMap* map, ParamCode const& code, TensorRef const& t) {

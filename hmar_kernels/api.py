@@ -20,7 +20,7 @@ from .backends.anchors import ANCHORS
 from .notices import warn_once
 from .options import KernelOptions, using_options
 from .reference import reference_attention
-from .tiles import MAX_SCALES, NAMED_PATTERNS, named_pattern_bits, pattern_name
+from .tiles import NAMED_PATTERNS, named_pattern_bits, pattern_name, validate_patch_nums
 
 BACKENDS = ("auto", "cuda", "cuda_sm80", "triton", "reference", "sdpa", "flex", "varlen")
 KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -106,7 +106,7 @@ def _types(value):
 
 def _plan_uncached(patch_nums, pattern, softmax_scale, backend, device, dtype, shape, types=None):
     """_plan's work; ``types`` only makes the cache key type-exact."""
-    patch_nums = _validate_patch_nums(patch_nums)
+    patch_nums = validate_patch_nums(patch_nums)
     length = sum(p * p for p in patch_nums)
     if shape[2] != length:
         raise ValueError(f"patch_nums {patch_nums} sums to L = Σ p² = {length} but q has L = {shape[2]} "
@@ -117,23 +117,6 @@ def _plan_uncached(patch_nums, pattern, softmax_scale, backend, device, dtype, s
 
 
 _cached_plan = functools.lru_cache(maxsize=1024)(_plan_uncached)
-
-
-def _validate_patch_nums(patch_nums) -> tuple[int, ...]:
-    if isinstance(patch_nums, np.ndarray) and patch_nums.ndim == 1:
-        patch_nums = patch_nums.tolist()
-    if isinstance(patch_nums, (str, bytes)) or not isinstance(patch_nums, Sequence):
-        raise TypeError(f"patch_nums must be a sequence of positive ints, got {type(patch_nums).__name__}")
-    if len(patch_nums) == 0:
-        raise ValueError("patch_nums is empty: give at least one scale, e.g. (1, 2, 3, 4)")
-    if len(patch_nums) > MAX_SCALES:
-        raise ValueError(f"patch_nums has {len(patch_nums)} scales; at most {MAX_SCALES} are supported")
-    for p in patch_nums:
-        if isinstance(p, bool) or not isinstance(p, numbers.Integral):
-            raise TypeError(f"patch_nums must hold ints, got {p!r} ({type(p).__name__}) in {tuple(patch_nums)}")
-        if p <= 0:
-            raise ValueError(f"patch_nums must be positive, got {p} in {tuple(patch_nums)}")
-    return tuple(int(p) for p in patch_nums)
 
 
 def _validate_tensors(q, k, v):

@@ -20,12 +20,17 @@ def new_output(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def tma_ready(t: torch.Tensor) -> torch.Tensor:
-    """t itself when TMA can read it (unit last stride, 16-byte aligned base and strides of dimensions > 1),
-    else a contiguous copy."""
+def tma_readable(t: torch.Tensor) -> bool:
+    """Whether TMA can read t in place: unit last stride, 16-byte aligned address, strides of 16-byte multiples on
+    the other dimensions of size > 1. The rule of csrc/tensor_rules.h, which the extension applies (the Python
+    launchers apply this copy; tests/test_tensor_rules.py holds the two together)."""
     size = t.element_size()
-    if t.is_contiguous() and t.data_ptr() % 16 == 0 and (t.shape[-1] * size) % 16 == 0:  # the common case, fast
-        return t
-    aligned = t.data_ptr() % 16 == 0 and all((st * size) % 16 == 0 for n, st in zip(t.shape[:-1], t.stride()[:-1])
-                                             if n > 1)
-    return t if t.stride(-1) == 1 and aligned else t.contiguous()
+    return (t.dim() > 0 and t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and
+            all((st * size) % 16 == 0 for n, st in zip(t.shape[:-1], t.stride()[:-1]) if n > 1))
+
+
+def tma_ready(t: torch.Tensor) -> torch.Tensor:
+    """t itself when TMA can read it (tma_readable), else a contiguous copy."""
+    if t.is_contiguous() and t.data_ptr() % 16 == 0 and (t.shape[-1] * t.element_size()) % 16 == 0:
+        return t  # the common case, fast: a subset of tma_readable
+    return t if tma_readable(t) else t.contiguous()

@@ -1,4 +1,4 @@
-"""Device tensors that live as long as the process (tile tables, masks, scheduler counters), made where no CUDA
+"""Device tensors that live as long as the process (tile tables, masks), made where no CUDA
 graph claims their memory.
 
 A tensor cached on a first call must not come from a CUDA graph's private memory pool. ``torch.cuda.graph``

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -46,6 +47,26 @@ PATCH_NUMS = {
     512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),  # L = 2240
     1024: (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64),  # L = 9451
 }
+
+
+def validate_patch_nums(patch_nums) -> tuple[int, ...]:
+    """patch_nums as a tuple of ints, checked: TypeError for a non-sequence or a non-int entry, ValueError for an
+    empty schedule, too many scales or a side that is not positive. The one check of a schedule (the kernels' API
+    and the models use it)."""
+    if isinstance(patch_nums, np.ndarray) and patch_nums.ndim == 1:
+        patch_nums = patch_nums.tolist()
+    if isinstance(patch_nums, (str, bytes)) or not isinstance(patch_nums, Sequence):
+        raise TypeError(f"patch_nums must be a sequence of positive ints, got {type(patch_nums).__name__}")
+    if len(patch_nums) == 0:
+        raise ValueError("patch_nums is empty: give at least one scale, e.g. (1, 2, 3, 4)")
+    if len(patch_nums) > MAX_SCALES:
+        raise ValueError(f"patch_nums has {len(patch_nums)} scales; at most {MAX_SCALES} are supported")
+    for p in patch_nums:
+        if isinstance(p, bool) or not isinstance(p, numbers.Integral):
+            raise TypeError(f"patch_nums must hold ints, got {p!r} ({type(p).__name__}) in {tuple(patch_nums)}")
+        if p <= 0:
+            raise ValueError(f"patch_nums must be positive, got {p} in {tuple(patch_nums)}")
+    return tuple(int(p) for p in patch_nums)
 
 
 def scale_bounds(patch_nums: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...], int]:

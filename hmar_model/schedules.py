@@ -1,4 +1,5 @@
-"""Patch schedules, official mask schedules and their validation.
+"""Patch schedules, official mask schedules and their validation (patch_nums themselves are checked by
+hmar_kernels.tiles.validate_patch_nums).
 
 A patch schedule ``patch_nums = (p_0, ..., p_{K-1})`` lists the side of every token map, small to large; scale k
 holds n_k = p_k² tokens, row-major, at positions [begin_k, begin_k + n_k) of a sequence of L = Σ n_k tokens.
@@ -35,15 +36,6 @@ def scale_slices(patch_nums: Sequence[int]) -> list[tuple[int, int]]:
 
 def seq_len(patch_nums: Sequence[int]) -> int:
     return sum(p * p for p in patch_nums)
-
-
-def validate_patch_nums(patch_nums) -> tuple[int, ...]:
-    if isinstance(patch_nums, (str, bytes)) or not isinstance(patch_nums, Sequence) or len(patch_nums) == 0:
-        raise TypeError(f"patch_nums must be a non-empty sequence of positive ints, got {patch_nums!r}")
-    for p in patch_nums:
-        if isinstance(p, bool) or not isinstance(p, numbers.Integral) or p <= 0:
-            raise ValueError(f"patch_nums must hold positive ints, got {p!r} in {tuple(patch_nums)}")
-    return tuple(int(p) for p in patch_nums)
 
 
 def no_refinement_schedule(patch_nums: Sequence[int]) -> tuple[tuple[int, ...], ...]:

@@ -19,11 +19,13 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from hmar_kernels.tiles import validate_patch_nums
+
 from .blocks import (AdaLNBeforeHead, AdaLNSelfAttn, KVCache, MultiScaleAttention, ScaleEmbeddings, at_least_fp32,
                      dense_attention, head_cross_entropy, init_transformer_weights_, logits, official_adaln_gamma,
                      run_blocks)
 from .quant import autocast_disabled
-from .schedules import PATCH_NUMS, validate_patch_nums
+from .schedules import PATCH_NUMS
 
 
 @dataclass

@@ -7,6 +7,7 @@ import torch
 
 import hmar_kernels.backends.cuda
 from hmar_kernels import api, attention, notices
+from hmar_model.var import TransformerConfig
 
 PN = (1, 2, 3)  # L = 14
 
@@ -40,6 +41,8 @@ def test_length_mismatch_names_both_lengths():
 def test_bad_patch_nums(patch_nums, error, match):
     with pytest.raises(error, match=match):
         attention(*qkv(), patch_nums, backend="reference")
+    with pytest.raises(error, match=match):  # the models check a schedule with the same rule
+        TransformerConfig(depth=1, patch_nums=patch_nums)
 
 
 def test_patch_nums_as_list_and_array_are_accepted():

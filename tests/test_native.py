@@ -173,24 +173,28 @@ def test_register_refuses_codes_that_do_not_match_the_kernel():
     """A parameter list that differs from the cubin's is refused at registration, never launched."""
     from hmar_kernels.api import _plan
     from hmar_kernels.backends import native
-    from hmar_kernels.backends.triton import host as launch
+    from hmar_kernels.backends.triton import host
+    from hmar_kernels.plan import launch_plan
 
     pn = (1, 2, 3)
     q, k, v = (torch.randn(1, 1, 14, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     _, row_bits, scale, _ = _plan(pn, "block_diagonal", None, "triton", q.device, q.dtype, tuple(q.shape))
-    out, lse = launch.forward(q, k, v, pn, row_bits, scale)
-    call = launch.fwd_call(launch.fwd_config(q, k, v, out, lse, pn, row_bits, scale), q, k, v, out, lse, pn,
-                           row_bits, scale)
-    kernel = call.compiled_kernel()
+    plan = launch_plan("triton", pn, row_bits, scale, q)
+    out, lse = host.run_forward(plan, q, k, v)
+    forward = plan.triton_forward
+    args = host.forward_args(forward, q, k, v, out, lse, scale)
     slots = {id(t): i for i, t in enumerate((q, k, v, out, lse))}
-    codes = native.param_codes(kernel, call, slots)
     ext = native._extension()[0]
+    spec = native.kernel_spec(ext, forward, args, slots)
+    codes = spec.codes
 
     def plan_with_backward(backward_codes):
         plan = ext.PlanSpec()
-        plan.triton_forward = plan.preprocess = native.kernel_spec(ext, kernel, call, codes)
-        plan.backward = native.kernel_spec(ext, kernel, call, backward_codes)
-        plan.tables, plan.like, plan.poison = list(call.tables.tensors), q, False
+        plan.triton_forward = plan.preprocess = spec
+        backward = native.kernel_spec(ext, forward, args, slots)
+        backward.codes = backward_codes
+        plan.backward = backward
+        plan.tables, plan.like, plan.poison = list(forward.tables.tensors), q, False
         return plan
 
     assert ext.register_plan(plan_with_backward(codes)) >= 0

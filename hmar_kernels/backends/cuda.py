@@ -7,8 +7,8 @@ The extension is ``hmar_kernels._C`` when setup.py built it (``pip install --no-
 torch and nvcc). Where pip cannot build, set HMAR_CUDA_JIT=1: the first use compiles csrc/ with
 torch.utils.cpp_extension.load (cached; about a minute on 16 cores) from a source checkout.
 
-Host path per call: cached packed tile tables (built once per schedule), a few tensor checks, the launches; no
-host syncs, no Python loop over scales.
+Host path per call: the launch plan's CudaForward / CudaBackward structs (plan.LaunchPlan, built once per key), a
+few tensor checks, the launches; no host syncs, no Python loop over scales.
 """
 from __future__ import annotations
 
@@ -19,9 +19,8 @@ import os
 import torch
 
 from ..buffers import current_stream, new_output, tma_ready
-from ..options import current_options
-from ..resident import resident
-from ..tiles import FORWARD_TABLES, backward_tables, forward_tables, transpose_bits
+from ..plan import LaunchPlan, launch_plan
+from ..tiles import backward_tables, forward_tables, transpose_bits
 
 JIT_ENV = "HMAR_CUDA_JIT"
 KERNEL_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -64,6 +63,7 @@ def _capability(device: torch.device) -> tuple[int, int]:
 
 
 NAMES = {90: "cuda", 80: "cuda_sm80"}  # backend name of each arch
+ARCHS = {name: arch for arch, name in NAMES.items()}
 
 
 def problem(device, dtype, head_dim, arch: int = 90) -> str | None:
@@ -109,22 +109,6 @@ def bwd_tile(head_dim: int, config: int, arch: int = 90) -> tuple[int, int]:
     return tuple(module().bwd_tile(head_dim, config))[:2]
 
 
-_counters: dict = {}
-
-
-def _scheduler_counter(device: torch.device, stream: int):
-    """Two zeroed int32 for the dynamic scheduler, one pair per (device, stream) so that concurrent launches never
-    share one (the kernel leaves them zero). None while a CUDA graph is being captured and none exists yet: the
-    capture then uses static striding rather than allocating inside the graph."""
-    key = (device, stream)
-    counter = _counters.get(key)
-    if counter is None:
-        if torch.cuda.is_current_stream_capturing():
-            return None
-        counter = _counters[key] = resident(lambda: torch.zeros(2, dtype=torch.int32, device=device), device)
-    return counter
-
-
 def _packed(ext, tables, length: int):
     """The extension's TileTables (csrc/api.h) of a packed LaunchTables: its buffer and each table's offset."""
     packed = ext.TileTables()
@@ -138,71 +122,68 @@ def _packed(ext, tables, length: int):
     return packed
 
 
-def launch_setup(patch_nums, row_bits, shape, device, softmax_scale: float, arch: int = 90):
-    """What a forward launch reads besides its tensors, under the current kernel options, as the extension's
+def forward_setup(plan: LaunchPlan):
+    """plan.cuda_forward, built on first use: what a forward launch reads besides its tensors, as the extension's
     CudaForward struct (csrc/api.h): packed tile tables, softmax scale, tile config, grid size (0: one CTA per SM),
-    whether it schedules dynamically, the arch. Built once per arguments; the C++ path (native.py) registers the
-    same one."""
-    options = current_options()
-    return _launch_setup(patch_nums, row_bits, tuple(shape), device, softmax_scale, options.cuda_fwd_config,
-                         options.cuda_scheduler, arch)
+    whether it schedules dynamically (the extension keeps the counters), the arch."""
+    if plan.cuda_forward is None:
+        ext, options, arch = module(), plan.options, ARCHS[plan.backend]
+        B, H, L, D = plan.shape
+        tables = forward_tables(plan.patch_nums, plan.row_bits, *fwd_tile(D, options.cuda_fwd_config, arch), B * H,
+                                plan.device)
+        args = ext.CudaForward()
+        args.tables, args.softmax_scale = _packed(ext, tables, L), plan.softmax_scale
+        args.config = options.cuda_fwd_config
+        args.num_ctas = tables.programs if options.cuda_scheduler == "grid" else 0
+        args.dynamic = options.cuda_scheduler == "dynamic" and arch == 90
+        args.arch = arch
+        plan.cuda_forward = args
+    return plan.cuda_forward
 
 
-@functools.lru_cache(maxsize=256)
-def _launch_setup(patch_nums, row_bits, shape, device, softmax_scale, config, scheduler, arch):
-    ext = module()
-    B, H, L, D = shape
-    tables = forward_tables(patch_nums, row_bits, *fwd_tile(D, config, arch), B * H, device)
-    args = ext.CudaForward()
-    args.tables, args.softmax_scale, args.config = _packed(ext, tables, L), softmax_scale, config
-    args.num_ctas = tables.programs if scheduler == "grid" else 0
-    args.dynamic = scheduler == "dynamic" and arch == 90
-    args.arch = arch
-    return args
-
-
-def backward_setup(patch_nums, row_bits, shape, device, softmax_scale: float, arch: int = 90):
-    """What a CUDA backward launch reads besides its tensors, under the current kernel options, as the extension's
-    CudaBackward struct (csrc/api.h): the packed tables of the transposed pattern (and for sm90 of the pattern
-    and the paired program table), softmax scale, config, arch. Built once per arguments (tiles.backward_tables);
-    the C++ path registers the same one."""
-    config = current_options().cuda_bwd_config
-    if config is None:
-        config = module().bwd_default_config
-    return _backward_setup(patch_nums, row_bits, tuple(shape), device, softmax_scale, config, arch)
-
-
-@functools.lru_cache(maxsize=256)
-def _backward_setup(patch_nums, row_bits, shape, device, softmax_scale, config, arch):
-    ext = module()
-    B, H, L, D = shape
-    args = ext.CudaBackward()
-    rows, cols = bwd_tile(D, config, arch)
-    if arch == 90:
-        if config not in _built().get("bwd_configs", ()):
-            raise ValueError(f"cuda_bwd_config={config} is not in this build (configs {_built()['bwd_configs']}; "
-                             "dev builds keep only the default, see HMAR_CUDA_DEV_BUILD)")
-        kv, q, pairs = backward_tables(patch_nums, row_bits, rows, cols, B * H, device)
-        args.kv, args.q, args.pairs = _packed(ext, kv, L), _packed(ext, q, L), _packed(ext, pairs, L)
-    else:
-        args.kv = _packed(ext, forward_tables(patch_nums, transpose_bits(row_bits), rows, cols, B * H, device), L)
-    args.softmax_scale, args.config, args.arch = softmax_scale, config, arch
-    return args
+def backward_setup(plan: LaunchPlan):
+    """plan.cuda_backward, built on first use: what a CUDA backward launch reads besides its tensors, as the
+    extension's CudaBackward struct (csrc/api.h): the packed tables of the transposed pattern (and for sm90 of the
+    pattern and the paired program table; tiles.backward_tables), softmax scale, config, arch."""
+    if plan.cuda_backward is None:
+        ext, arch = module(), ARCHS[plan.backend]
+        config = plan.options.cuda_bwd_config
+        if config is None:
+            config = ext.bwd_default_config
+        B, H, L, D = plan.shape
+        patch_nums, row_bits, device = plan.patch_nums, plan.row_bits, plan.device
+        args = ext.CudaBackward()
+        rows, cols = bwd_tile(D, config, arch)
+        if arch == 90:
+            if config not in _built().get("bwd_configs", ()):
+                raise ValueError(f"cuda_bwd_config={config} is not in this build (configs "
+                                 f"{_built()['bwd_configs']}; dev builds keep only the default, see "
+                                 "HMAR_CUDA_DEV_BUILD)")
+            kv, q, pairs = backward_tables(patch_nums, row_bits, rows, cols, B * H, device)
+            args.kv, args.q, args.pairs = _packed(ext, kv, L), _packed(ext, q, L), _packed(ext, pairs, L)
+        else:
+            args.kv = _packed(ext, forward_tables(patch_nums, transpose_bits(row_bits), rows, cols, B * H, device), L)
+        args.softmax_scale, args.config, args.arch = plan.softmax_scale, config, arch
+        plan.cuda_backward = args
+    return plan.cuda_backward
 
 
 def forward(q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], softmax_scale: float,
             arch: int = 90):
     """q, k, v: (B, H, L, D) bf16/fp16 on a GPU the arch runs on → out (B, H, L, D) in q's dtype, lse (B, H, L)
     fp32 (natural log; -inf for rows that see no key)."""
+    return run_forward(launch_plan(NAMES[arch], patch_nums, row_bits, softmax_scale, q), q, k, v)
+
+
+def run_forward(plan: LaunchPlan, q, k, v):
+    """``forward`` under a plan (backend "cuda" or "cuda_sm80") for q's shape, dtype and device."""
     ext = module()
     q, k, v = (tma_ready(t) for t in (q, k, v))
     B, H, L, D = q.shape
-    args = launch_setup(patch_nums, row_bits, q.shape, q.device, softmax_scale, arch)
+    args = plan.cuda_forward or forward_setup(plan)
     out = new_output((B, H, L, D), q.dtype, q.device)
     lse = new_output((B, H, L), torch.float32, q.device)
-    stream = current_stream(q.device.index)
-    counter = _scheduler_counter(q.device, stream) if args.dynamic else None
-    ext.fwd(q, k, v, out, lse, args, counter, stream)
+    ext.fwd(q, k, v, out, lse, args, current_stream(q.device.index))
     return out, lse
 
 
@@ -210,13 +191,18 @@ def backward(dout, q, k, v, out, lse, patch_nums: tuple[int, ...], row_bits: tup
              softmax_scale: float, arch: int = 90):
     """(dq, dk, dv), each (B, H, L, D) in q's dtype: the CUDA backward of ``arch``, or the Triton backward under
     ``KernelOptions(cuda_backward="triton")``."""
-    if current_options().cuda_backward == "triton":
-        from .triton import host as launch
+    return run_backward(launch_plan(NAMES[arch], patch_nums, row_bits, softmax_scale, q), dout, q, k, v, out, lse)
 
-        return launch.backward(dout, q, k, v, out, lse, patch_nums, row_bits, softmax_scale)
+
+def run_backward(plan: LaunchPlan, dout, q, k, v, out, lse):
+    """``backward`` under a plan (backend "cuda" or "cuda_sm80") for q's shape, dtype and device."""
+    if plan.options.cuda_backward == "triton":
+        from .triton import host
+
+        return host.run_backward(plan, dout, q, k, v, out, lse)
     ext = module()
     dout, q, k, v, out = (tma_ready(t) for t in (dout, q, k, v, out))
-    args = backward_setup(patch_nums, row_bits, q.shape, q.device, softmax_scale, arch)
+    args = plan.cuda_backward or backward_setup(plan)
     dq, dk, dv = (new_output(q.shape, q.dtype, q.device) for _ in range(3))
     ext.bwd(q, k, v, out, dout, lse, dq, dk, dv, args, current_stream(q.device.index))
     return dq, dk, dv

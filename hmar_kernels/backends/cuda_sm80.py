@@ -1,12 +1,13 @@
 """Backend "cuda_sm80": the sm80 CUDA kernels (mma.sync, cp.async pipeline; csrc/*_sm80.*), forward and backward,
-for A100-class GPUs (sm80, sm86, sm89); they run on Hopper too. The launch code is backends/cuda.py's, with
-arch 80.
+for A100-class GPUs (sm80, sm86, sm89); they run on Hopper too. The launch code is backends/cuda.py's: a plan of
+backend "cuda_sm80" selects arch 80.
 """
 from __future__ import annotations
 
 from . import cuda
 
 ARCH = 80
+run_forward, run_backward = cuda.run_forward, cuda.run_backward
 
 
 def problem(device, dtype, head_dim) -> str | None:

@@ -6,14 +6,14 @@ fwd+bwd 540 µs of host time with threads, 352 µs with ``torch.autograd.set_mul
 229 µs either way). Here the kernels Triton compiled are launched from C++ in both passes (for "cuda" and
 "cuda_sm80", the CUDA forward and backward are called from C++): no Python runs in the backward at all.
 
-A plan is built once per (backend, schedule, pattern, scale, shape, dtype, device, kernel options): the Python
-path runs one forward and backward (compiling and autotuning as usual), then each compiled Triton kernel's
-parameter list (read from Triton's signature) is turned into ParamCodes (csrc/triton_launch.h) that say where
-every parameter's value comes from, and the kernels are registered as one PlanSpec (csrc/native_attention.h),
-which the extension checks against the cubins' parameter sizes; for the CUDA backends the PlanSpec holds the same
-CudaForward and CudaBackward structs (packed tile tables and launch settings) that cuda.forward / cuda.backward
-pass (the Triton backward's kernels instead under ``KernelOptions(cuda_backward="triton")``). Plans live as long as the
-process (a few hundred bytes each, plus the tile tables they keep).
+Each launch plan (plan.LaunchPlan: one per backend, schedule, pattern, scale, shape, dtype, device and kernel
+options) is registered once: the Python launcher runs the plan's forward and backward on scratch tensors (which
+compiles, autotunes and fills the plan's Triton launches), then each of those launches' compiled kernel and
+parameter list (read from Triton's signature) is turned into ParamCodes (csrc/triton_launch.h) that say where every
+parameter's value comes from, and the plan is registered as one PlanSpec (csrc/native_attention.h), which the
+extension checks against the cubins' parameter sizes. For the CUDA backends the PlanSpec holds the plan's own
+CudaForward and CudaBackward structs (the Triton backward's launches instead under
+``KernelOptions(cuda_backward="triton")``). Registered plans live as long as the process.
 """
 from __future__ import annotations
 
@@ -25,11 +25,10 @@ import torch
 from . import cuda
 from ..buffers import tma_ready
 from ..notices import warn_once
-from ..options import current_options
-from .triton import host as launch
-from .triton.cached_launch import KernelCall, launch_hooks_set
+from ..plan import NOT_BUILT, LaunchPlan
+from .triton import host
+from .triton.cached_launch import KernelLaunch, launch_hooks_set
 
-CUDA_ARCHS = {"cuda": 90, "cuda_sm80": 80}  # the CUDA backends and the arch of their kernels
 # The tensors a plan's kernels read, in csrc/triton_launch.h's Slot order.
 SLOTS = ("q", "k", "v", "out", "lse", "dout", "delta", "dq", "dk", "dv")
 TENSOR_POINTER, POINTER, INT32, INT64, FLOAT32, TENSOR_MAP, SHAPE, STRIDE = range(8)
@@ -48,9 +47,10 @@ def _extension():
     return ext, why
 
 
-def param_codes(kernel, call: KernelCall, slots: dict) -> list[list[int]]:
-    """One code per parameter of the compiled ``kernel`` run by ``call``; ``slots`` maps id(tensor) → slot."""
-    values = [*call.args, *(call.tables.tensors if call.tables is not None else ()), *call.constexprs]
+def param_codes(kernel, launch: KernelLaunch, args: list, slots: dict) -> list[list[int]]:
+    """One code per parameter of the compiled ``kernel`` that ``launch`` runs with ``args``; ``slots`` maps
+    id(tensor) → slot."""
+    values = [*args, *(launch.tables.tensors if launch.tables is not None else ()), *launch.constexprs]
     signature = list(kernel.src.signature.values())
     if len(values) != len(signature):
         raise Unsupported(f"{kernel.name}: {len(signature)} parameters in the signature, {len(values)} values")
@@ -84,9 +84,12 @@ def param_codes(kernel, call: KernelCall, slots: dict) -> list[list[int]]:
     return codes + [[POINTER, 0], [POINTER, 0]]  # global and profile scratch: none
 
 
-def kernel_spec(ext, kernel, call: KernelCall, codes: list) -> object:
-    """The extension's TritonKernelSpec of a compiled kernel (function, launch shape, parameter codes), refusing
-    what the C++ launcher omits."""
+def kernel_spec(ext, launch: KernelLaunch, args: list, slots: dict) -> object:
+    """The extension's TritonKernelSpec of ``launch`` with ``args`` (function, launch shape, parameter codes),
+    refusing what the C++ launcher omits."""
+    kernel = launch.compiled_kernel(args)
+    if kernel is None:
+        raise Unsupported(f"{launch.launcher.fn.__name__} has no compiled kernel for these arguments")
     meta = kernel.metadata
     for name, allowed in (("num_ctas", 1), ("global_scratch_size", 0), ("profile_scratch_size", 0),
                           ("launch_cooperative_grid", False), ("launch_pdl", False)):
@@ -94,78 +97,67 @@ def kernel_spec(ext, kernel, call: KernelCall, codes: list) -> object:
             raise Unsupported(f"{kernel.name}: {name} = {getattr(meta, name)}")
     spec = ext.TritonKernelSpec()
     spec.function, spec.threads, spec.shared_bytes = int(kernel.function), 32 * meta.num_warps, meta.shared
-    spec.grid, spec.codes = list(call.grid), codes
+    spec.grid, spec.codes = list(launch.grid), param_codes(kernel, launch, args, slots)
     return spec
 
 
-def _build(backend, q, k, v, patch_nums, row_bits, softmax_scale) -> int:
-    """Runs the Python path once on these inputs (compiling, autotuning), then registers the kernels it ran
-    with the extension; the plan id. The CUDA kernels need no run: their launch structs are registered."""
+def _build(plan: LaunchPlan, q, k, v) -> int:
+    """Registers ``plan`` with the extension; its id. Its Triton launches are first run from Python on scratch
+    tensors (compiling and autotuning them into the plan), then registered as they ran; its CUDA structs need no
+    run."""
     ext, why = _extension()
     if ext is None:
         raise Unsupported(why)
     q, k, v = (tma_ready(t.detach()) for t in (q, k, v))
-    arch = CUDA_ARCHS.get(backend)
-    plan = ext.PlanSpec()
-    if arch is not None:  # the CUDA forward's arguments: the very struct cuda.forward passes
-        plan.cuda_forward = cuda.launch_setup(patch_nums, row_bits, q.shape, q.device, softmax_scale, arch)
-        if current_options().cuda_backward == "cuda":
-            plan.cuda_backward = cuda.backward_setup(patch_nums, row_bits, q.shape, q.device, softmax_scale, arch)
-            plan.like, plan.poison = q, current_options().poison_outputs
-            return ext.register_plan(plan)
-        out, lse = cuda.forward(q, k, v, patch_nums, row_bits, softmax_scale, arch)
-    else:
-        out, lse = launch.forward(q, k, v, patch_nums, row_bits, softmax_scale)
+    spec = ext.PlanSpec()
+    spec.like, spec.poison = q, plan.options.poison_outputs
+    triton_backward = plan.options.cuda_backward == "triton" or plan.backend not in cuda.ARCHS
+    if plan.backend in cuda.ARCHS:
+        spec.cuda_forward = cuda.forward_setup(plan)
+        if not triton_backward:
+            spec.cuda_backward = cuda.backward_setup(plan)
+            return ext.register_plan(spec)
+    out, lse = cuda.run_forward(plan, q, k, v) if plan.backend in cuda.ARCHS else host.run_forward(plan, q, k, v)
     dout = torch.zeros_like(out)
+    dq, dk, dv = host.run_backward(plan, dout, q, k, v, out, lse)
     delta = torch.empty_like(lse)
-    dq, dk, dv = launch.backward(dout, q, k, v, out, lse, patch_nums, row_bits, softmax_scale)
     named = dict(q=q, k=k, v=v, out=out, lse=lse, dout=dout, delta=delta, dq=dq, dk=dk, dv=dv)
     slots = {id(named[name]): slot for slot, name in enumerate(SLOTS)}
-
-    def spec_of(call: KernelCall):
-        kernel = call.compiled_kernel()
-        if kernel is None:
-            raise Unsupported(f"{call.launcher.fn.__name__} has no compiled kernel for these arguments")
-        return kernel_spec(ext, kernel, call, param_codes(kernel, call, slots))
-
-    calls = [launch.preprocess_call(out, dout, delta),
-             launch.bwd_call(launch.bwd_config(dout, q, k, v, lse, delta, dq, dk, dv, patch_nums, row_bits,
-                                               softmax_scale),
-                             dout, q, k, v, lse, delta, dq, dk, dv, patch_nums, row_bits, softmax_scale)]
-    plan.preprocess, plan.backward = spec_of(calls[0]), spec_of(calls[1])
-    if arch is None:
-        calls.append(launch.fwd_call(launch.fwd_config(q, k, v, out, lse, patch_nums, row_bits, softmax_scale),
-                                     q, k, v, out, lse, patch_nums, row_bits, softmax_scale))
-        plan.triton_forward = spec_of(calls[-1])
-    plan.tables = [t for call in calls if call.tables is not None for t in call.tables.tensors]
-    plan.like, plan.poison = q, current_options().poison_outputs
-    return ext.register_plan(plan)
+    preprocess, backward = plan.triton_preprocess, plan.triton_backward
+    spec.preprocess = kernel_spec(ext, preprocess, host.preprocess_args(out, dout, delta), slots)
+    spec.backward = kernel_spec(ext, backward, host.backward_args(backward, dout, q, k, v, lse, delta, dq, dk, dv,
+                                                                  plan.softmax_scale), slots)
+    launches = [preprocess, backward]
+    if plan.backend not in cuda.ARCHS:
+        forward = plan.triton_forward
+        spec.triton_forward = kernel_spec(ext, forward, host.forward_args(forward, q, k, v, out, lse,
+                                                                          plan.softmax_scale), slots)
+        launches.append(forward)
+    spec.tables = [t for launch in launches if launch.tables is not None for t in launch.tables.tensors]
+    return ext.register_plan(spec)
 
 
-_plans: dict = {}
-
-
-def plan_id(backend: str, q, k, v, patch_nums: tuple[int, ...], row_bits: tuple[int, ...],
-            softmax_scale: float) -> int | None:
-    """The C++ plan for these inputs (built on first use), or None where the Python path must run (CPU, launch
-    hooks set, a CUDA graph capture before the plan exists, no extension or an unsupported Triton: said once)."""
-    if q.device.type != "cuda" or q.numel() == 0:
-        return None
-    key = (backend, patch_nums, row_bits, softmax_scale, q.shape, q.dtype, q.device, current_options())
-    plan = _plans.get(key, False)
-    if plan is False:
+def plan_id(plan: LaunchPlan, q, k, v) -> int | None:
+    """The id of ``plan`` registered with the C++ autograd Function (registered on first use), or None where the
+    Python path must run (CPU, launch hooks set, a CUDA graph capture before the plan is registered, no extension
+    or an unsupported Triton: said once)."""
+    native = plan.native
+    if native is NOT_BUILT:
+        if q.device.type != "cuda" or q.numel() == 0:  # fixed by the plan's key
+            plan.native = None
+            return None
         if torch.cuda.is_current_stream_capturing():
-            return None  # building runs and times kernels: not inside a capture
+            return None  # registering runs and times kernels: not inside a capture
         try:
-            plan = _build(backend, q, k, v, patch_nums, row_bits, softmax_scale)
+            native = _build(plan, q, k, v)
         except (Unsupported, ValueError) as error:
-            plan = None
-            warn_once(f"backend {backend!r}: kernels launched from Python, because {error}; the backward then "
-                       "runs Python in the autograd engine's thread (~200 µs more host time per fwd+bwd at 256 px)")
-        _plans[key] = plan
-    if plan is not None and launch_hooks_set():
+            native = None
+            warn_once(f"backend {plan.backend!r}: kernels launched from Python, because {error}; the backward then "
+                      "runs Python in the autograd engine's thread (~200 µs more host time per fwd+bwd at 256 px)")
+        plan.native = native
+    if native is not None and launch_hooks_set():
         return None  # a profiler's launch hooks see only launches that go through Triton
-    return plan
+    return native
 
 
 def attention(q, k, v, plan: int) -> torch.Tensor:

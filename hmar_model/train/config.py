@@ -16,6 +16,8 @@ from typing import Any, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hmar_kernels.tiles import validate_patch_nums
+
 RECIPE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")
 STAGES = ("next-scale", "masked")
 MODEL_KINDS = ("hmar", "var")
@@ -210,8 +212,10 @@ def validate(cfg: DictConfig):
     if not 0 <= cfg.warmup < 1 or not 0 <= cfg.ema < 1 or cfg.clip < 0:
         raise ConfigError(f"need 0 ≤ warmup < 1, 0 ≤ ema < 1 and clip ≥ 0; got warmup={cfg.warmup}, "
                           f"ema={cfg.ema}, clip={cfg.clip}")
-    if len(cfg.patch_nums) == 0 or any(p < 1 for p in cfg.patch_nums):
-        raise ConfigError(f"patch_nums must be positive ints, got {list(cfg.patch_nums)}")
+    try:
+        validate_patch_nums(list(cfg.patch_nums))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(str(error)) from None
     if cfg.stage == "masked" and cfg.model.kind != "hmar":
         raise ConfigError("stage=masked finetunes HMAR's masked-prediction model; model.kind must be 'hmar'")
     if cfg.stage == "masked" and not 0 < cfg.model.n_layers_train <= cfg.model.depth:

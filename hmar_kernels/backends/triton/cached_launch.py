@@ -12,7 +12,7 @@ through Triton (compiling if needed). Tensor arguments are then passed as raw de
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -30,12 +30,19 @@ def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
 
     ``t`` must be TMA-readable (``buffers.tma_ready``); the checks of TensorDescriptor's constructor are skipped
     (3 µs of the 5 a descriptor costs): tma_ready made them, and the block shapes come from our configs."""
-    # A size-1 dimension may carry any stride; give it one TMA accepts (its index is always 0).
-    strides = [st if n > 1 else t.shape[-1] for n, st in zip(t.shape, t.stride())]
-    strides[-1] = 1
+    strides = kernel_strides(t)
     desc = object.__new__(TensorDescriptor)
     desc.__dict__.update(base=t, shape=list(t.shape), strides=strides, block_shape=[1, 1, rows, t.shape[-1]])
     return desc
+
+
+def kernel_strides(t: torch.Tensor) -> list[int]:
+    """The strides a descriptor over t carries: a size-1 dimension, which no index steps along, gets the innermost
+    size (a stride TMA accepts), the innermost dimension 1. The rule of csrc/tensor_rules.h's kernel_stride, which
+    the extension applies (tests/test_tensor_rules.py holds the two together)."""
+    strides = [st if n > 1 else t.shape[-1] for n, st in zip(t.shape, t.stride())]
+    strides[-1] = 1
+    return strides
 
 
 def _hook_set(hook) -> bool:
@@ -107,20 +114,20 @@ class CachedLaunch:
         return tuple(key), run_args, device
 
 
-class KernelCall(NamedTuple):
-    """One launch of a CachedLaunch, as data: ``call.run()`` launches it; the C++ launcher
-    (native.py) reads the same arguments to build its parameter codes."""
+class KernelLaunch(NamedTuple):
+    """One kernel's launch as a plan fixes it (plan.LaunchPlan); the arguments come per call. ``run(args)``
+    launches it from Python; the C++ launcher (native.py) reads the same launch to build its parameter codes."""
     launcher: CachedLaunch
     grid: tuple[int, int, int]
-    args: list
     tables: LaunchTables | None
     constexprs: tuple
     num_warps: int
     num_stages: int
+    config: Any = None  # the tuning config it was built from (block sizes), if any
 
-    def run(self):
-        self.launcher(self.grid, self.args, self.tables, self.constexprs, self.num_warps, self.num_stages)
+    def run(self, args: list):
+        self.launcher(self.grid, args, self.tables, self.constexprs, self.num_warps, self.num_stages)
 
-    def compiled_kernel(self):
-        """The compiled kernel this call runs (None before it first ran)."""
-        return self.launcher.compiled_kernel(self.args, self.constexprs, self.num_warps, self.num_stages)
+    def compiled_kernel(self, args: list):
+        """The compiled kernel a launch with ``args`` runs (None before such a launch first ran)."""
+        return self.launcher.compiled_kernel(args, self.constexprs, self.num_warps, self.num_stages)
