@@ -201,3 +201,24 @@ def test_gpu_default_sampler_is_compiled_and_draws_the_reference_tokens(tmp_path
     finally:
         gen.sample = real_sample
     assert decoder.graphs == 1 and graphs == graphs[:1] * 4, graphs
+
+
+def test_benchmark_script_smoke_run_writes_its_rows(tmp_path):
+    """bench/fast_sampler_gpu.py --smoke (tiny models on the CPU): the first-run and steady generate rows, with
+    the 50k estimate built from them."""
+    import csv
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "fast_sampler_gpu.py"
+    spec = importlib.util.spec_from_file_location("fast_sampler_gpu", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--smoke", "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "eval.csv", newline="") as f:
+        first, steady = list(csv.DictReader(f))
+    assert first["task"] == steady["task"] == "generate" and first["batch"] == "50"
+    assert (first["images"], steady["images"]) == ("100", "100") and not first["est_50k_s"]
+    rate, first_s = float(steady["images_per_s"]), float(first["seconds"])
+    overhead = max(0.0, first_s - 100 / rate)
+    assert float(steady["est_50k_s"]) == pytest.approx(overhead + 50_000 / rate, rel=0.02)
