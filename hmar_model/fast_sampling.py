@@ -17,6 +17,7 @@ import sys
 from typing import Optional
 
 import torch
+import torch._dynamo
 
 from hmar_kernels.notices import warn_once
 

@@ -75,6 +75,13 @@ def add_compile_argument(group):
                        "VQVAE decoder run compiled with torch.compile (compiled once per run, ≈ 1 min)")
 
 
+def announce_compile(prog: str, compiled: bool):
+    """One line on stderr when the sampler will compile, so that the first batch's wait is explained."""
+    if compiled:
+        print(f"{prog}: the sampler compiles on its first batch (about a minute for d16; --no-compile runs it "
+              "eagerly)", file=sys.stderr)
+
+
 def check_model_arguments(parser: argparse.ArgumentParser, args):
     """Argument combinations argparse cannot express (usage errors: exit 2 with the usage line)."""
     if args.demo:

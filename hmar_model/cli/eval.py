@@ -21,9 +21,10 @@ from ..eval.evaluate import evaluate
 from ..eval.generate import DEFAULT_BATCH_SIZE, distributed_rank, generate_samples
 from ..eval.images import ImageSetError
 from ..eval.inception import InceptionWeightsError
+from ..fast_sampling import fast_sampler, is_compiled
 from . import common
-from .common import (DTYPES, add_compile_argument, add_model_arguments, load_models, parse_mask_schedule,
-                     resolve_device)
+from .common import (DTYPES, add_compile_argument, add_model_arguments, announce_compile, load_models,
+                     parse_mask_schedule, resolve_device)
 
 USER_ERRORS = (*common.USER_ERRORS, ImageSetError, InceptionWeightsError)
 TABLE_ROWS = (("FID", "fid"), ("sFID", "sfid"), ("Inception Score", "inception_score"), ("Precision", "precision"),
@@ -78,7 +79,11 @@ def run_generate(args) -> int:
         torch.cuda.set_device(device)
     if device.type == "cuda" and not args.no_tf32:  # as hmar-sample and upstream's sampler: TF32 on
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    model, vqvae = load_models(args, device, "hmar-eval generate")
+    use_compile = False if args.no_compile else None
+    model, vqvae = fast_sampler(*load_models(args, device, "hmar-eval generate"), compile=use_compile,
+                                dtype=DTYPES[args.dtype])  # once: one compilation for every batch
+    if rank == 0:
+        announce_compile("hmar-eval generate", is_compiled(model, vqvae))
     description = {"vae": args.vae, "model": args.model, "kind": args.kind, "mp": args.mp,
                    "patch_nums": args.patch_nums, "no_tf32": args.no_tf32}
     out = generate_samples(model, vqvae, args.out, per_class=args.per_class, classes=args.classes,
@@ -87,7 +92,7 @@ def run_generate(args) -> int:
                            refine_guidance=args.refine_guidance, more_smooth=args.more_smooth,
                            dtype=DTYPES[args.dtype], decode_chunk=args.decode_chunk, png_dir=args.png_dir,
                            keep_shards=args.keep_shards, description=description, rank=rank, world_size=world_size,
-                           progress=not args.no_progress, compile=False if args.no_compile else None)
+                           progress=not args.no_progress, compile=use_compile)
     if out is not None:
         print(f"hmar-eval: wrote {out}")
     return 0

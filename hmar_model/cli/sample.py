@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..fast_sampling import fast_sampler
+from ..fast_sampling import fast_sampler, is_compiled
 from ..sampling import sample
-from .common import (DTYPES, add_compile_argument, add_model_arguments, check_model_arguments, demo_note,
-                     load_models, parse_mask_schedule, prepare_run, run_command, save_grid)
+from .common import (DTYPES, add_compile_argument, add_model_arguments, announce_compile, check_model_arguments,
+                     demo_note, load_models, parse_mask_schedule, prepare_run, run_command, save_grid)
 
 PROG = "hmar-sample"
 
@@ -43,6 +43,7 @@ def run(args) -> int:
     mask_schedule = parse_mask_schedule(args.mask_schedule)
     model, vqvae = fast_sampler(*load_models(args, device, PROG), compile=False if args.no_compile else None,
                                 dtype=DTYPES[args.dtype])
+    announce_compile(PROG, is_compiled(model, vqvae))
     if args.classes is None:
         labels, num = None, args.rows * args.num_images
     else:
