@@ -14,6 +14,8 @@ Random weights, bf16, TF32 on, d16's evaluation settings (cfg 1.7, top-k 1000, t
    new ``CompiledDecoding`` (one more decoder compilation, for batch 32), the row of issue 14's sampling target
    (mode "sample captured-loop compiled-passes+compiled-decoder"); and ``sample`` alone at the generate batch
    (no uint8 conversion, copies or files), so that generate's host share shows.
+3. ``--sweep B1 B2 ...`` (optional, ascending, ≈ 20 s of decoder compilation each): ``sample`` alone at each batch
+   size with the generate settings, to check which batch is fastest (images_per_s of the e2e.csv rows).
 Rows are written as measured: a run cut short keeps them.
 """
 from __future__ import annotations
@@ -62,6 +64,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH_SIZE, help="generate batch size")
     parser.add_argument("--no-compile", action="store_true", help="the eager sampler (for comparison rows)")
     parser.add_argument("--skip-sample-rows", action="store_true", help="only the generate rows")
+    parser.add_argument("--sweep", type=int, nargs="*", default=[],
+                        help="also time sample() alone at these batch sizes (generate settings)")
     parser.add_argument("--progress", action="store_true", help="progress bars")
     parser.add_argument("--smoke", action="store_true", help="tiny models and few images on the CPU")
     args = parser.parse_args(argv)
@@ -108,8 +112,10 @@ def main(argv=None) -> int:
     meta = e2e_fast.run_meta()
     rows = e2e_fast.read_rows(out / "e2e.csv")
     decoder = "compiled-passes+compiled-decoder" if mode == "compiled" else "eager-decoder"
-    for batch, decoding, reps, extra in ((e2e_fast.SAMPLE_IMAGES, CompiledDecoding(vqvae), 10, {}),
-                                         (args.batch, fast_vqvae, 3, settings)):
+    sweep_decoding = CompiledDecoding(vqvae)  # ascending sizes: each compiles its own graph, none is padded
+    runs = [(e2e_fast.SAMPLE_IMAGES, CompiledDecoding(vqvae), 10, {}), (args.batch, fast_vqvae, 3, settings)]
+    runs += [(batch, sweep_decoding, 3, settings) for batch in sorted(set(args.sweep) - {args.batch})]
+    for batch, decoding, reps, extra in runs:
         release_graphs()
         label = decoder if not extra else f"{decoder} generate-settings"
         sample_row = e2e_fast.timed_sample_row("hmar", fast_model, decoding if mode == "compiled" else vqvae,
