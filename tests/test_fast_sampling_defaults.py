@@ -20,6 +20,15 @@ from hmar_model.tiny import randomize_, tiny_transformer, tiny_vqvae
 from hmar_model.vqvae import CompiledDecoding, padded_conv
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo_caches():
+    """Every wrapper adds entries to the cache of the one code object it compiles (``_decode``, the passes);
+    earlier tests' entries must not reach Dynamo's recompile limit (past it, frames run uncompiled, uncounted)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 class CountingBackend:
     """A torch.compile backend that counts the graphs it is given and runs them as traced (or through Inductor)."""
 

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--classes", type=int, nargs="+", default=None, help="only these classes (default: all)")
     s.add_argument("--batch-size", type=int, default=None,
                    help=f"images per sampling call, batch b seeded with seed + b (default: {DEFAULT_BATCH_SIZE}, "
-                        "the fastest on an H200; --batch-size 50 with --per-class 50 is the official protocol: one "
+                        "for throughput on an H200; --batch-size 50 with --per-class 50 is the official protocol: one "
                         "batch per class seeded with the class index)")
     s.add_argument("--mask-schedule", default=None,
                    help="HMAR refinement: 'default' (official for the resolution), 'none', or JSON [[1],[1,3],...]")
