@@ -7,7 +7,8 @@ state_dict (Appendix A of the spec: 324 entries), so ``load_state_dict(strict=Tr
     load_checkpoint(vqvae, "vae_ch160v4096z32.pth")
     indices = vqvae.img_to_indices(img)        # [(B, p_k²)] for the 10 scales of 256 px
     rec = vqvae.indices_to_img(indices)        # (B, 3, 256, 256) in [−1, 1]
-    fast = CompiledDecoding(vqvae)             # the sampler's fast decoder: sample(model, fast, ...)
+    fast = CompiledDecoding(vqvae)             # the sampler's fast decoder: sample(model, fast, ...) (on CUDA
+                                               # the default through hmar_model.fast_sampler)
 """
 from __future__ import annotations
 
