@@ -146,7 +146,7 @@ def timed_sample_row(model_kind, model, decoding, decoder: str, batch: int = SAM
     ms = time_ms(call, warmup=2, reps=reps)
     peak = peak_mem_mb(call)
     hm.sampling.release_graphs(model)
-    px = patch_nums[-1] * 16
+    px = patch_nums[-1] * decoding.cfg.downsample
     print(f"sample {model_kind} d{depth} {px}px {batch} images {decoder:16s} {ms:8.2f} ms  "
           f"{batch / ms * 1e3:7.1f} images/s", flush=True)
     L = sum(p * p for p in patch_nums)
