@@ -17,7 +17,6 @@ import sys
 from typing import Optional
 
 import torch
-import torch._dynamo
 
 from hmar_kernels.notices import warn_once
 
@@ -27,6 +26,8 @@ from .vqvae import CompiledDecoding
 
 def compile_unavailable_reason(device) -> Optional[str]:
     """Why ``torch.compile`` (Inductor) cannot compile the sampler on ``device``, or None when it can."""
+    import torch._dynamo  # here: importing Dynamo takes a while, and only the compiled path needs it
+
     device = torch.device(device)
     if not torch._dynamo.is_dynamo_supported():
         return f"torch.compile does not support Python {sys.version_info.major}.{sys.version_info.minor} " \
