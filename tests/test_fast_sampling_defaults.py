@@ -191,9 +191,11 @@ def test_gpu_default_sampler_is_compiled_and_draws_the_reference_tokens(tmp_path
     torch.manual_seed(0)
     model = randomize_(tiny_transformer("hmar", device="cuda"), seed=1, std=0.1).eval()
     vqvae = tiny_vqvae(device="cuda").eval()
-    fast_model, fast_vqvae = fast_sampler(model, vqvae, dtype=torch.bfloat16)
+    # fp32: Inductor's fused roundings move logits by ~1e-7 relative, far below the gaps between the top logits
+    # (in bf16 a near-tie could flip the greedy choice)
+    fast_model, fast_vqvae = fast_sampler(model, vqvae)
     assert isinstance(fast_model, CompiledInference) and isinstance(fast_vqvae, CompiledDecoding)
-    kw = dict(labels=[1, 2, 3, 4], cfg=1.5, top_k=1, top_p=0.0, dtype=torch.bfloat16, return_indices=True)
+    kw = dict(labels=[1, 2, 3, 4], cfg=1.5, top_k=1, top_p=0.0, return_indices=True)
     for seed in range(3):  # eager warm-up (compiles), capture, replay
         _, want = hm.sample(model, vqvae, seed=seed, reference=True, **kw)
         _, got = hm.sample(fast_model, fast_vqvae, seed=seed, **kw)
