@@ -39,6 +39,7 @@ from hmar_model import PATCH_NUMS, build_hmar, build_vqvae  # noqa: E402
 from hmar_model.eval.features import extract_features  # noqa: E402
 from hmar_model.eval.generate import generate_samples  # noqa: E402
 from hmar_model.eval.inception import load_inception, random_inception  # noqa: E402
+from hmar_model.fast_sampling import fast_sampler  # noqa: E402
 from hmar_model.eval.metrics import feature_statistics, frechet_distance, precision_recall  # noqa: E402
 from hmar_model.tiny import tiny_transformer, tiny_vqvae  # noqa: E402
 
@@ -113,10 +114,16 @@ def bench_generate(args, table: Csv, device):
         settings = EVAL_SETTINGS.get(depth, EVAL_SETTINGS[16]) if not args.smoke else dict(cfg=1.5, top_k=10,
                                                                                             top_p=0.9)
         for dtype in args.dtypes:
-            for batch in args.batches:
+            # as hmar-eval generate: the compiled pair on CUDA, made once (one compilation for all rows of this
+            # dtype; ascending batches, so that each batch size gets its decoder graph instead of a padded one)
+            fast_model, fast_vqvae = fast_sampler(model, vqvae, compile=False if args.no_compile else None,
+                                                  dtype=DTYPES[dtype])
+            sampler = "compiled" if fast_model is not model else "eager"
+            for batch in sorted(args.batches):
                 with tempfile.TemporaryDirectory(dir=args.tmp) as folder:
                     try:
-                        seconds = time_generate(model, vqvae, classes=classes, per_class=per_class, batch=batch,
+                        seconds = time_generate(fast_model, fast_vqvae, classes=classes, per_class=per_class,
+                                                batch=batch,
                                                 dtype=DTYPES[dtype], settings=settings, device=device,
                                                 folder=folder, progress=args.progress)
                     except torch.OutOfMemoryError:
@@ -127,7 +134,8 @@ def bench_generate(args, table: Csv, device):
                 images = classes * per_class
                 table.add(task="generate", model=f"hmar-d{depth}", px=px, dtype=dtype, batch=batch, images=images,
                           seconds=seconds, images_per_s=images / seconds, est_50k_s=FULL_SET * seconds / images,
-                          note=f"extrapolated from {images} images; random weights; {settings}")
+                          note=f"{sampler} sampler; extrapolated from {images} images (first compilation not "
+                               f"included); random weights; {settings}")
         del model, vqvae
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -181,7 +189,9 @@ def main(argv=None) -> int:
     parser.add_argument("--depths", type=int, nargs="+", default=[16, 30])
     parser.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=["fp32", "bf16"])
     parser.add_argument("--batches", type=int, nargs="+", default=[50, 250],
-                        help="images per sampling call (50: the official one batch per class)")
+                        help="images per sampling call (50: the official one batch per class; 250: hmar-eval's "
+                             "default)")
+    parser.add_argument("--no-compile", action="store_true", help="the eager sampler (hmar-eval's --no-compile)")
     parser.add_argument("--images", type=int, default=2000, help="images generated per timed row (50 per class)")
     parser.add_argument("--feature-images", type=int, default=FULL_SET)
     parser.add_argument("--feature-batch", type=int, default=500)

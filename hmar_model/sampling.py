@@ -234,7 +234,7 @@ def refinement_hook(model, quantizer, schedule, *, cfg: float, refine_guidance: 
     return hook
 
 
-# ---- compiled forward passes (opt-in) ----
+# ---- compiled forward passes (the default on CUDA through fast_sampling.fast_sampler) ----
 class CompiledInference:
     """``model`` for the sampler with HMAR's per-scale passes (``next_scale_logits``, ``mask_logits``) compiled.
 

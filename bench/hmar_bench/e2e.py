@@ -128,26 +128,35 @@ def sample_row(model_kind, decoder, decoding, compiled_passes=False) -> dict:
     import hmar_model as hm
     from hmar_model.sampling import CompiledInference
 
-    patch_nums = SCHEDULES[SAMPLE_PX]
     build = hm.build_var if model_kind == "var" else hm.build_hmar
-    model = build(SAMPLE_DEPTH, patch_nums, device="cuda").eval()
+    model = build(SAMPLE_DEPTH, SCHEDULES[SAMPLE_PX], device="cuda").eval()
     model = CompiledInference(model) if compiled_passes else model
+    decoder = f"compiled-passes+{decoder}" if compiled_passes else decoder
+    return timed_sample_row(model_kind, model, decoding, decoder)
+
+
+def timed_sample_row(model_kind, model, decoding, decoder: str, batch: int = SAMPLE_IMAGES, reps: int = 10,
+                     **settings) -> dict:
+    """The e2e.csv row of ``sample(model, decoding, num_images=batch, dtype=bf16, **settings)`` with the captured
+    loop (a built model, possibly wrapped); ``decoder`` names the decoding path in the row's mode."""
+    import hmar_model as hm
+
+    patch_nums, depth = model.patch_nums, model.cfg.depth
     seeds = iter(range(10 ** 6))
-    call = lambda: hm.sample(model, decoding, num_images=SAMPLE_IMAGES, seed=next(seeds),  # noqa: E731
-                             dtype=torch.bfloat16)
+    call = lambda: hm.sample(model, decoding, num_images=batch, seed=next(seeds),  # noqa: E731
+                             dtype=torch.bfloat16, **settings)
     for _ in range(2):  # eager warm-up, then the capture (and the decoder's compilation)
         call()
-    ms = time_ms(call, warmup=2, reps=10)
+    ms = time_ms(call, warmup=2, reps=reps)
     peak = peak_mem_mb(call)
     hm.sampling.release_graphs(model)
-    decoder = f"compiled-passes+{decoder}" if compiled_passes else decoder
-    print(f"sample {model_kind} d{SAMPLE_DEPTH} {SAMPLE_PX}px {SAMPLE_IMAGES} images {decoder:16s} {ms:8.2f} ms  "
-          f"{SAMPLE_IMAGES / ms * 1e3:7.1f} images/s", flush=True)
+    px = patch_nums[-1] * decoding.cfg.downsample
+    print(f"sample {model_kind} d{depth} {px}px {batch} images {decoder:16s} {ms:8.2f} ms  "
+          f"{batch / ms * 1e3:7.1f} images/s", flush=True)
     L = sum(p * p for p in patch_nums)
-    return dict(model=model_kind, depth=SAMPLE_DEPTH, px=SAMPLE_PX, batch=SAMPLE_IMAGES,
-                mode=f"sample captured-loop {decoder}", backend="auto", ms=round(ms, 3),
-                tokens_per_s=round(SAMPLE_IMAGES * L / ms * 1e3), images_per_s=round(SAMPLE_IMAGES / ms * 1e3, 2),
-                model_tflops=0.0, mfu=0.0, peak_mem_mb=round(peak))
+    return dict(model=model_kind, depth=depth, px=px, batch=batch, mode=f"sample captured-loop {decoder}",
+                backend="auto", ms=round(ms, 3), tokens_per_s=round(batch * L / ms * 1e3),
+                images_per_s=round(batch / ms * 1e3, 2), model_tflops=0.0, mfu=0.0, peak_mem_mb=round(peak))
 
 
 def write_profile(call, path: Path):

@@ -68,6 +68,20 @@ def add_model_arguments(parser: argparse.ArgumentParser):
     p.add_argument("--debug", action="store_true", help="show the Python traceback of errors")
 
 
+def add_compile_argument(group):
+    """--no-compile: the sampler's eager reference path instead of the compiled one (default on CUDA)."""
+    group.add_argument("--no-compile", action="store_true",
+                       help="run the sampler eagerly (the reference path); by default on CUDA the HMAR passes and the "
+                       "VQVAE decoder run compiled with torch.compile (compiled once per run, ≈ 1 min)")
+
+
+def announce_compile(prog: str, compiled: bool):
+    """One line on stderr when the sampler will compile, so that the first batch's wait is explained."""
+    if compiled:
+        print(f"{prog}: the sampler compiles on its first batch (about a minute for d16; --no-compile runs it "
+              "eagerly)", file=sys.stderr)
+
+
 def check_model_arguments(parser: argparse.ArgumentParser, args):
     """Argument combinations argparse cannot express (usage errors: exit 2 with the usage line)."""
     if args.demo:

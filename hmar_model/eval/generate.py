@@ -3,11 +3,16 @@
     generate_samples(model, vqvae, "samples.npz", per_class=50, cfg=1.7, top_k=1000, top_p=0.99)
     # → samples.npz: arr_0 uint8 (50000, 256, 256, 3), arr_1 int64 (50000,) class labels (as ADM's sampler writes)
 
-Order and randomness (the official protocol by default): image n is of class ``classes[n // per_class]``; the list
-is cut into batches of ``batch_size`` images and batch b is sampled with seed ``seed + b``. With the default
-batch_size = per_class and seed 0 this is upstream's loop (class i sampled as one batch of 50 with seed i). Another
-batch size gives other (equally valid) random draws; every batch's images depend only on (settings, b), never on
-how many processes ran or whether the run was resumed.
+Order and randomness: image n is of class ``classes[n // per_class]``; the list is cut into batches of
+``batch_size`` images and batch b is sampled with seed ``seed + b``. The default batch_size is
+``DEFAULT_BATCH_SIZE`` (250, chosen for speed on an H200); batch_size = per_class with seed 0 is upstream's loop
+(class i sampled as one batch of 50 with seed i). Every batch size gives equally valid random draws, but other ones:
+the same seed with another batch size gives other images. Every batch's images depend only on (settings, b), never
+on how many processes ran or whether the run was resumed.
+
+Speed: on CUDA the sampler runs compiled by default (``fast_sampling.fast_sampler``: compiled HMAR passes and
+decoder, one compilation for the whole run; ``compile=False`` gives the eager reference). Each batch's shard is
+written by a background thread while the next batch samples.
 
 Resumable: each finished batch is written atomically to ``X.shards/batch_XXXXXX.npy`` (for ``out`` = ``X.npz``);
 a rerun with the same settings skips them (other settings are refused). Under ``torchrun`` rank r of w takes
@@ -30,9 +35,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..cli.common import to_uint8
+from ..fast_sampling import fast_sampler, is_compiled
 from ..sampling import sample
 
 SETTINGS_FILE = "settings.json"
+DEFAULT_BATCH_SIZE = 250  # H200, d16/d30 at 256 px: large enough to fill the GPU, 200 batches for 50,000 images
 
 
 # ---- plan ----
@@ -162,8 +169,11 @@ def generate_samples(model, vqvae, out: str, *, per_class: int = 50, classes: Op
                      more_smooth: bool = False, dtype: Optional[torch.dtype] = None,
                      decode_chunk: Optional[int] = None, png_dir: Optional[str] = None, keep_shards: bool = False,
                      description: Optional[dict] = None, rank: int = 0, world_size: int = 1,
-                     progress: bool = True) -> Optional[str]:
+                     progress: bool = True, compile: Optional[bool] = None) -> Optional[str]:
     """Generate the sample set into ``out`` (.npz); returns ``out`` on rank 0, None on other ranks.
+
+    ``batch_size``: None → ``DEFAULT_BATCH_SIZE`` (per_class gives the official seeds, see the module docstring).
+    ``compile``: the fast compiled sampler (None: on for CUDA; see ``fast_sampling.resolve_compile``).
 
     ``description``: what identifies the model (e.g. checkpoint paths), stored with the settings so that a resume
     with another model is refused. ``png_dir``: also write every image as ``{class}_{j}.png`` (upstream's names).
@@ -178,7 +188,7 @@ def generate_samples(model, vqvae, out: str, *, per_class: int = 50, classes: Op
         raise ValueError("classes must not repeat (use per_class for more images of a class)")
     if per_class < 1:
         raise ValueError(f"per_class must be ≥ 1, got {per_class}")
-    batch_size = per_class if batch_size is None else batch_size
+    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     if not 0 <= rank < world_size:
@@ -186,6 +196,7 @@ def generate_samples(model, vqvae, out: str, *, per_class: int = 50, classes: Op
     if os.path.exists(out):
         raise FileExistsError(f"{out} already exists; delete it or choose another output path")
 
+    model, vqvae = fast_sampler(model, vqvae, compile=compile, dtype=dtype)  # once: one compilation for every batch
     labels = image_labels(classes, per_class)
     bounds = batch_bounds(len(labels), batch_size)
     work_dir = str(out)[:-len(".npz")] + ".shards"
@@ -194,7 +205,8 @@ def generate_samples(model, vqvae, out: str, *, per_class: int = 50, classes: Op
         os.makedirs(png_dir, exist_ok=True)
     settings = {"classes": classes, "per_class": per_class, "batch_size": batch_size, "seed": seed, "cfg": cfg,
                 "top_k": top_k, "top_p": top_p, "mask_schedule": mask_schedule, "refine_guidance": refine_guidance,
-                "more_smooth": more_smooth, "dtype": str(dtype), "model": description or {}}
+                "more_smooth": more_smooth, "dtype": str(dtype), "compiled": is_compiled(model, vqvae),
+                "model": description or {}}
     check_settings(work_dir, json.loads(json.dumps(settings)))
 
     mine = rank_batches(len(bounds), rank, world_size)
@@ -203,7 +215,8 @@ def generate_samples(model, vqvae, out: str, *, per_class: int = 50, classes: Op
     bar = tqdm(total=sum(bounds[b][1] - bounds[b][0] for b in mine), initial=done_images, unit="img",
                desc=f"generate (rank {rank}/{world_size})" if world_size > 1 else "generate",
                disable=not progress or rank != 0, dynamic_ncols=True)
-    with ThreadPoolExecutor(max_workers=8) as png_writers:
+    with ThreadPoolExecutor(max_workers=8) as png_writers, ThreadPoolExecutor(max_workers=1) as shard_writer:
+        saving = None  # the previous batch's shard, written while this batch samples
         for b in todo:
             begin, end = bounds[b]
             images = sample(model, vqvae, labels[begin:end].tolist(), cfg=cfg, top_k=top_k, top_p=top_p,
@@ -213,8 +226,12 @@ def generate_samples(model, vqvae, out: str, *, per_class: int = 50, classes: Op
             if png_dir:
                 names = [os.path.join(png_dir, f"{labels[n]}_{n % per_class}.png") for n in range(begin, end)]
                 list(png_writers.map(atomic_save_png, names, images_BHW3))
-            atomic_save_npy(shard_path(work_dir, b), images_BHW3)
+            if saving is not None:
+                saving.result()  # raises the writer's error, if any
+            saving = shard_writer.submit(atomic_save_npy, shard_path(work_dir, b), images_BHW3)
             bar.update(end - begin)
+        if saving is not None:
+            saving.result()
     bar.close()
 
     barrier(world_size)
