@@ -12,7 +12,8 @@ from hmar_bench import harness as bm
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (none found)")]
 
 
-@pytest.fixture(params=["triton", "cuda"])  # deterministic: replays equal eager bit for bit (cuda_sm80 sums dQ with atomics)
+# Deterministic backends, so replays equal eager bit for bit (cuda_sm80 sums dQ with atomics).
+@pytest.fixture(params=["triton", "cuda"])
 def case(request):
     case = bm.AttentionCase.at(256, "block_causal", request.param, "bf16", 2, 3, 64)
     why = case.unavailable(torch.device("cuda"))

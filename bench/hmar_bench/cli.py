@@ -379,7 +379,8 @@ def cpu_sweep(args) -> int:
 # ---------------------------------------------------------------------------------------------------- CLI
 # Flags of the timed GPU sweep, refused by the CPU correctness sweep, and the other way round.
 GPU_ONLY_FLAGS = ("--px", "--head-dims", "--batch", "--heads", "--reps", "--warmup", "--quick", "--results",
-                  "--time-budget", "--fresh", "--no-plots", "--no-graph", "--e2e", "--e2e-only", "--e2e-backends", "--e2e-depth")
+                  "--time-budget", "--fresh", "--no-plots", "--no-graph", "--e2e", "--e2e-only", "--e2e-backends",
+                  "--e2e-depth")
 CPU_ONLY_FLAGS = ("--cpu-head-dims",)
 
 
