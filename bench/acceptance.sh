@@ -23,7 +23,11 @@
 #             default 170)
 #             → $OUT/<tree>/results/
 #   cudafwd   bench/cuda_fwd.py: the CUDA forward's tile configs and schedulers → $OUT/<tree>/cuda_fwd.csv
-#   sanitize  compute-sanitizer memcheck, racecheck and synccheck on the smoke cases (our kernel only)
+#   sanitize  compute-sanitizer memcheck, racecheck and synccheck on small cases of our kernels only
+#             (bench/cuda_sanitize.py): the sm90 forward, the sm90 backward (every built config) and the sm80
+#             forward+backward; SANITIZE_TARGETS picks some (default "fwd_sm90 bwd_sm90 sm80"), SANITIZE_SECONDS
+#             bounds each run (default 90); a reported error fails the run with rc=3 (--error-exitcode 3), a wrong
+#             result with rc=1, a run cut short with rc=124
 # Exit code: 0 when every stage that ran passed.
 set -uo pipefail
 START=$(date +%s)
@@ -100,10 +104,17 @@ raise SystemExit(1 if problem else 0)"
             ;;
         cudafwd) run cudafwd 200 "$PY" bench/cuda_fwd.py --out "$LOGS/cuda_fwd.csv" ;;
         sanitize)
-            for tool in memcheck racecheck synccheck; do
-                # only our kernel is instrumented (kns: kernel-name substring); torch's kernels run plain
-                run "sanitize_$tool" 120 compute-sanitizer --tool $tool --kernel-name kns=fwd_kernel_sm90 \
-                    --print-limit 20 "$PY" bench/cuda_sanitize.py
+            # only the target's kernels are instrumented (kns: kernel-name substring); torch's kernels run plain
+            declare -A KERNELS=([fwd_sm90]=fwd_kernel_sm90 [bwd_sm90]=bwd_ [sm80]=_sm80)
+            for target in ${SANITIZE_TARGETS:-fwd_sm90 bwd_sm90 sm80}; do
+                if [ -z "${KERNELS[$target]:-}" ]; then
+                    log "unknown sanitize target $target (targets: fwd_sm90 bwd_sm90 sm80)"; FAILED=1; continue
+                fi
+                for tool in memcheck racecheck synccheck; do
+                    run "sanitize_${tool}_$target" "${SANITIZE_SECONDS:-90}" compute-sanitizer --tool $tool \
+                        --kernel-name "kns=${KERNELS[$target]}" --error-exitcode 3 --print-limit 20 \
+                        "$PY" bench/cuda_sanitize.py "$target"
+                done
             done
             ;;
         *) log "unknown stage $stage (stages: build smoke test kernels overhead bench cudafwd sanitize)"; FAILED=1 ;;
