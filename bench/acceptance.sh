@@ -15,15 +15,21 @@
 # PYTHON picks the interpreter (default python3).
 # Stages (each bounded by its share of BUDGET seconds, default 570; logs go to $OUT, default ./acceptance-out):
 #   build     import (JIT-building if needed) the CUDA extension; "$PY" -m hmar_kernels says what can run
-#   smoke     bench/cuda_sanitize.py: three small CUDA-forward cases against float64
-#   test      the kernel layer's GPU tests: CUDA graphs, the C++ autograd path, Triton, CUDA forward, compile
+#   smoke     bench/cuda_sanitize.py: small CUDA-forward cases against float64
+#   test      the kernel layer's GPU tests: CUDA graphs, the C++ autograd path, Triton, CUDA forward, compile,
+#             hmar-bench's graph column
 #   kernels   the CUDA backends' tests: sm90 backward, sm80 path, CUDA forward, CUDA graphs, the C++ autograd path
 #   overhead  bench/call_overhead.py at 256 px: host and wall time of one fwd+bwd per path
 #   bench     hmar-bench rows at 256 and 1024 px (bf16, D = 64; every backend, or BENCH_BACKENDS; BENCH_BUDGET s,
 #             default 170)
 #             → $OUT/<tree>/results/
 #   cudafwd   bench/cuda_fwd.py: the CUDA forward's tile configs and schedulers → $OUT/<tree>/cuda_fwd.csv
-#   sanitize  compute-sanitizer memcheck, racecheck and synccheck on the smoke cases (our kernel only)
+#   sanitize  compute-sanitizer memcheck, racecheck and synccheck on small cases of our kernels only
+#             (bench/cuda_sanitize.py): the sm90 forward, the sm90 backward (every built config) and the sm80
+#             forward+backward; SANITIZE_TARGETS picks some (default "fwd_sm90 bwd_sm90 sm80"), SANITIZE_TOOLS
+#             some tools (default "memcheck racecheck synccheck"), SANITIZE_SECONDS bounds each run (default 90);
+#             a reported error fails the run with rc=3 (--error-exitcode 3), a wrong
+#             result with rc=1, a run cut short with rc=124
 # Exit code: 0 when every stage that ran passed.
 set -uo pipefail
 START=$(date +%s)
@@ -85,7 +91,8 @@ raise SystemExit(1 if problem else 0)"
         smoke) run smoke 120 "$PY" bench/cuda_sanitize.py ;;
         test)
             tests=$(ls tests/test_graphs.py tests/test_native.py tests/test_triton_gpu.py tests/test_cuda_fwd.py \
-                tests/test_compile.py tests/test_api_errors.py tests/test_options.py 2>/dev/null)
+                tests/test_compile.py tests/test_api_errors.py tests/test_options.py tests/test_bench_graphs.py \
+                2>/dev/null)
             run test 360 "$PY" -m pytest -q -p no:cacheprovider -rfs $tests
             ;;
         kernels)
@@ -100,10 +107,17 @@ raise SystemExit(1 if problem else 0)"
             ;;
         cudafwd) run cudafwd 200 "$PY" bench/cuda_fwd.py --out "$LOGS/cuda_fwd.csv" ;;
         sanitize)
-            for tool in memcheck racecheck synccheck; do
-                # only our kernel is instrumented (kns: kernel-name substring); torch's kernels run plain
-                run "sanitize_$tool" 120 compute-sanitizer --tool $tool --kernel-name kns=fwd_kernel_sm90 \
-                    --print-limit 20 "$PY" bench/cuda_sanitize.py
+            # only the target's kernels are instrumented (kns: kernel-name substring); torch's kernels run plain
+            declare -A KERNELS=([fwd_sm90]=fwd_kernel_sm90 [bwd_sm90]=bwd_ [sm80]=_sm80)
+            for target in ${SANITIZE_TARGETS:-fwd_sm90 bwd_sm90 sm80}; do
+                if [ -z "${KERNELS[$target]:-}" ]; then
+                    log "unknown sanitize target $target (targets: fwd_sm90 bwd_sm90 sm80)"; FAILED=1; continue
+                fi
+                for tool in ${SANITIZE_TOOLS:-memcheck racecheck synccheck}; do
+                    run "sanitize_${tool}_$target" "${SANITIZE_SECONDS:-90}" compute-sanitizer --tool $tool \
+                        --kernel-name "kns=${KERNELS[$target]}" --error-exitcode 3 --print-limit 20 \
+                        "$PY" bench/cuda_sanitize.py "$target"
+                done
             done
             ;;
         *) log "unknown stage $stage (stages: build smoke test kernels overhead bench cudafwd sanitize)"; FAILED=1 ;;

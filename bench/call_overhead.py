@@ -37,15 +37,7 @@ def host_us(call, n=200):
 
 def graph_us(call, n=50):
     """Kernel time per call from CUDA-graph replays, µs."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            call()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        call()
+    graph, _ = bm.capture_graph(call)
     return bm.time_cuda(lambda i: graph.replay(), reps=n).median_ms * 1e3
 
 

@@ -1,6 +1,7 @@
 """hmar-bench without a GPU: the CPU correctness sweep (Triton interpreter vs the float64 reference), its failure
 path, the e2e hooks on tiny models, and bench/ skipping cleanly."""
 import csv
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -100,11 +101,25 @@ def _cpu_timing(call, warmup=3, reps=20):
     return bm.Timing(sorted(times)[len(times) // 2], min(times), reps)
 
 
+class _CpuGraph:
+    """capture_graph's contract on the CPU: replay() runs the captured call again."""
+
+    def __init__(self, call):
+        self.replay = call
+
+
+def _cpu_capture(call, warmup=3):
+    for _ in range(warmup):
+        call()
+    return _CpuGraph(call), call()
+
+
 @pytest.fixture
 def cpu_timed(monkeypatch):
-    """Timing and memory on the CPU, and a tiny schedule as "256 px"."""
+    """Timing, graph capture and memory on the CPU, and a tiny schedule as "256 px"."""
     monkeypatch.setattr(bm, "SCHEDULES", {256: SMALL})
     monkeypatch.setattr(bm, "time_cuda", _cpu_timing)
+    monkeypatch.setattr(bm, "capture_graph", _cpu_capture)
     monkeypatch.setattr(bm, "time_steady", lambda call: _cpu_timing(call, 1, 3).median_ms)
     monkeypatch.setattr(bm, "peak_memory_mb", lambda call: (call(), 0.0)[1])
 
@@ -134,11 +149,63 @@ def test_sweep_loop_on_cpu_rows_skips_failures_and_plots(cpu_timed, monkeypatch,
     assert len(failures) == 2 and all("RuntimeError: compile error" in f for f in failures)
     for row in rows:
         assert row["L"] == 14 and row["fwd_ms"] > 0 and row["fwdbwd_tflops"] > 0
+        assert row["fwd_graph_ms"] > 0 and row["fwdbwd_graph_tflops"] > 0
         assert row["max_rel_err"] < 1e-5  # fp32 kernels against the fp32 reference
     assert phases["first call", "triton"] > 0 and phases["reference", ""] > 0
     bench.write_rows(tmp_path / "cpu" / "attention.csv", rows)
     assert [p.name for p in plot.plot_gpu(tmp_path / "cpu" / "attention.csv")] == [
-        "speedup_fp32.png", "patterns_fp32.png", "tflops_fp32.png"]
+        "speedup_fp32.png", "patterns_fp32.png", "tflops_fp32.png", "tflops_graph_fp32.png"]
+
+
+def _graph_args(*extra):
+    return bench.parse_args(["--px", "256", "--dtypes", "fp32", "--head-dims", "16", "--batch", "1", "--heads", "2",
+                             "--reps", "1", "--warmup", "0", "--backends", "triton", "sdpa", *extra])
+
+
+def test_a_backend_that_cannot_be_captured_gets_empty_graph_cells_and_one_line(cpu_timed, monkeypatch, capsys):
+    capture = bm.capture_graph
+
+    def sdpa_refuses(call, warmup=3):
+        if refusing:
+            try:
+                raise RuntimeError("operation not permitted when stream is capturing")
+            finally:  # as torch.cuda.graph's exit does: a second error on top of the first
+                raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+        return capture(call, warmup)
+
+    real_measure = bm.measure_graphs
+
+    def measure(case, *args):
+        nonlocal refusing
+        refusing = case.backend == "sdpa"
+        return real_measure(case, *args)
+
+    refusing = False
+    monkeypatch.setattr(bm, "capture_graph", sdpa_refuses)
+    monkeypatch.setattr(bm, "measure_graphs", measure)
+    rows, _, failures = bench.run_sweep(_graph_args(), CPU)
+    out = capsys.readouterr().out
+    assert failures == [] and len(rows) == 4
+    lines = [line for line in out.splitlines() if line.startswith("no graph column")]
+    assert lines == ["no graph column for sdpa: cannot be captured in a CUDA graph: RuntimeError: CUDA error: "
+                     "operation failed due to a previous error during capture (after RuntimeError: operation not "
+                     "permitted when stream is capturing) (first case: 256px block_diagonal fp32 D=16 sdpa)"]
+    for row in rows:
+        graph = [row[c] for c in bm.GRAPH_COLUMNS]
+        if row["backend"] == "sdpa":
+            assert all(math.isnan(v) for v in graph) and row["fwd_ms"] > 0  # the other columns are kept
+        else:
+            assert all(v > 0 for v in graph)
+
+
+def test_no_graph_skips_the_capture_and_leaves_the_cells_empty(cpu_timed, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(bm, "capture_graph", lambda *a, **k: pytest.fail("--no-graph must not capture"))
+    args = _graph_args("--no-graph", "--no-plots", "--results", str(tmp_path))
+    assert bench.run(args, CPU, "Fake GPU 80GB") == 0
+    assert "no CUDA-graph column" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "fake-gpu-80gb" / "attention.csv")))
+    assert len(rows) == 4 and all(r[c] == "" for r in rows for c in bm.GRAPH_COLUMNS)
+    assert all(float(r["fwd_ms"]) > 0 for r in rows)
 
 
 def test_time_budget_stops_starting_cases(monkeypatch, capsys):
@@ -156,9 +223,10 @@ def test_run_writes_results_and_a_refresh_replaces_only_its_rows(cpu_timed, tmp_
     assert bench.run(bench.parse_args(common + ["--backends", "triton", "sdpa"]), CPU, "Fake GPU 80GB") == 0
     out_dir = tmp_path / "fake-gpu-80gb"
     assert sorted(p.name for p in out_dir.iterdir()) == [
-        "attention.csv", "patterns_fp32.png", "speedup_fp32.png", "tflops_fp32.png"]
+        "attention.csv", "patterns_fp32.png", "speedup_fp32.png", "tflops_fp32.png", "tflops_graph_fp32.png"]
     out = capsys.readouterr().out
-    assert "fwd / fwd+bwd ms (median)" in out and "wall time by phase" in out
+    assert "fwd / fwd+bwd ms (median)" in out and "CUDA-graph replays: fwd / fwd+bwd ms" in out
+    assert "wall time by phase" in out and "graphs" in out
     first = {(r["pattern"], r["backend"]): r for r in csv.DictReader(open(out_dir / "attention.csv"))}
     assert len(first) == 4 and first["block_causal", "triton"]["device"] == "Fake GPU 80GB"
     assert bench.run(bench.parse_args(common + ["--backends", "sdpa", "--no-plots"]), CPU, "Fake GPU 80GB") == 0
@@ -178,7 +246,7 @@ def test_a_cpu_sweep_that_runs_nothing_fails(monkeypatch, capsys):
         assert "no case ran" in out and "all passed" not in out
 
 
-@pytest.mark.parametrize("argv", [["--e2e"], ["--px", "256"], ["--head-dims", "64"], ["--quick"],
+@pytest.mark.parametrize("argv", [["--e2e"], ["--px", "256"], ["--head-dims", "64"], ["--quick"], ["--no-graph"],
                                   ["--results=out"], ["--e2e-only", "--batch", "2"]])
 def test_gpu_flags_are_refused_on_the_cpu(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:

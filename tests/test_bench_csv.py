@@ -125,3 +125,48 @@ def test_max_error_compares_batch_element_zero_of_every_output():
     assert bm.max_error_vs(results, ref) == pytest.approx(0.25)
     results[0][0, 1, 2, 3] = float("nan")
     assert math.isinf(bm.max_error_vs(results, ref))
+
+
+def test_graph_columns_follow_the_steady_ones_and_no_graph_turns_them_off():
+    steady = bench.COLUMNS.index("fwdbwd_steady_tflops")
+    assert bench.COLUMNS[steady + 1:steady + 5] == ("fwd_graph_ms", "fwdbwd_graph_ms", "fwd_graph_tflops",
+                                                    "fwdbwd_graph_tflops") == bm.GRAPH_COLUMNS
+    assert bench.parse_args([]).graph is True
+    assert bench.parse_args(["--no-graph"]).graph is False
+
+
+def _old_file(path):
+    """An attention.csv written before the graph columns existed."""
+    old_columns = [c for c in bench.COLUMNS if c not in bm.GRAPH_COLUMNS]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=old_columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerow(_row("sdpa", 5.0))
+        writer.writerow(_row("triton", 1.0, px=512, L=2240))
+
+
+def test_old_files_without_graph_columns_merge_with_empty_cells(tmp_path):
+    path = tmp_path / "gpu" / "attention.csv"
+    _old_file(path)
+    bench.write_rows(path, [_row("triton", 0.5, fwd_graph_ms=0.25, fwdbwd_graph_ms=0.75, fwd_graph_tflops=4.0,
+                                 fwdbwd_graph_tflops=2.0)])
+    header, *lines = _read(path)
+    assert header == list(bench.COLUMNS)
+    rows = {(r["px"], r["backend"]): r for r in csv.DictReader(open(path))}
+    assert set(rows) == {("256", "sdpa"), ("512", "triton"), ("256", "triton")}
+    assert all(rows["256", "sdpa"][c] == "" for c in bm.GRAPH_COLUMNS)
+    assert rows["256", "sdpa"]["fwd_ms"] == "5.0"  # old rows are kept as written
+    assert rows["256", "triton"]["fwd_graph_ms"] == "0.25" and rows["256", "triton"]["fwdbwd_graph_tflops"] == "2"
+
+
+def test_hmar_plot_reads_old_files_without_graph_columns(tmp_path):
+    from hmar_bench import plot
+
+    path = tmp_path / "nvidia-h100" / "attention.csv"
+    _old_file(path)
+    df = plot.load([path])
+    assert all(df[c].isna().all() for c in bm.GRAPH_COLUMNS)
+    table = plot.headline(df, "bf16", 64)
+    assert "fwd: ours" in table.columns and not any("graph" in c for c in table.columns)
+    assert [p.name for p in plot.plot_gpu(path)] == ["speedup_bf16.png", "patterns_bf16.png", "tflops_bf16.png"]

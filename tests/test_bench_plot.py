@@ -24,8 +24,17 @@ def synthetic_rows(gpu_scale=1.0, pxs=(256, 1024), dtypes=("bf16",), head_dims=(
                                          commit="0123456", px=px, L=case.length, B=4, H=16, D=d, dtype=dtype,
                                          pattern=case.pattern, backend=backend, fwd_ms=fwd_ms,
                                          fwdbwd_ms=3.5 * fwd_ms * 2, fwd_tflops=tflops, fwdbwd_tflops=tflops / 2,
-                                         peak_mem_mb=10.0, max_rel_err=1e-3, first_call_s=0.5))
+                                         peak_mem_mb=10.0, max_rel_err=1e-3, first_call_s=0.5,
+                                         **graph_columns(backend, fwd_ms, tflops)))
     return rows
+
+
+def graph_columns(backend, fwd_ms, tflops):
+    """Replays take half the idle time, except sdpa, which cannot be captured (empty cells)."""
+    if backend == "sdpa":
+        return {}
+    return dict(fwd_graph_ms=fwd_ms / 2, fwdbwd_graph_ms=3.5 * fwd_ms, fwd_graph_tflops=2 * tflops,
+                fwdbwd_graph_tflops=tflops)
 
 
 @pytest.fixture
@@ -55,6 +64,10 @@ def test_headline_picks_our_fastest_backend_and_the_best_anchor(results):
     causal = table[(table.GPU == "nvidia-h200") & (table.px == 256) & (table.pattern == "block_causal")].iloc[0]
     assert causal["fwd+bwd: vs best anchor"] == "2.00× flex"  # 300 / 150 (varlen has no causal rows)
     assert causal["dense FA TF/s fwd, fwd+bwd"] == "500, 250"
+    # graph replays: ours 600 TF/s forward; sdpa has no graph cells, so the best anchor is varlen / flex again
+    assert diag["fwd graph: ours"].startswith("triton") and diag["fwd graph: ours"].endswith("600 TF/s")
+    assert diag["fwd graph: vs best anchor"] == "1.50× varlen"
+    assert causal["fwd+bwd graph: vs best anchor"] == "2.00× flex"
     assert list(table.pattern[:2]) == ["block_diagonal", "block_causal"]
 
 
@@ -71,7 +84,7 @@ def test_hmar_plot_writes_every_figure_and_the_readme_table(results, capsys):
     readme.write_text(f"# Results\nintro\n{plot.HEADLINE_BEGIN}\nold table\n{plot.HEADLINE_END}\ncommands\n")
     plot.main([str(results)])
     for gpu in ("nvidia-h100", "nvidia-h200"):
-        for kind in ("speedup", "patterns", "tflops"):
+        for kind in ("speedup", "patterns", "tflops", "tflops_graph"):
             png = results / gpu / f"{kind}_bf16.png"
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     assert (results / "comparison_bf16_d64.png").stat().st_size > 10_000

@@ -5,69 +5,31 @@ fp16, D 64 and 128; outputs and gradients poisoned before the kernels run, each 
 deterministic configs must give bit-identical gradients run to run. Skips with the reason without an sm90 GPU or
 a built extension (HMAR_CUDA_JIT=1 builds it).
 """
-import numpy as np
 import pytest
 import torch
 
-from conftest import HAS_CUDA, REAL_SCHEDULES, check_close, pattern_of_kind, random_schedule
+from conftest import REAL_SCHEDULES
+from gpu_cases import check_plan_path, module_marks, random_case, real_case, real_schedule_params, skip_unless_runs
 from hmar_kernels import attention, kernel_options
 from hmar_kernels.backends import cuda
-from hmar_kernels.reference import reference_attention
 from hmar_kernels.tiles import named_pattern_bits
 from test_triton import run_and_check
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 NUM_CONFIGS = 7  # csrc/bwd_tile_size.h: kNumBwdConfigsSm90
 
-
-def _problem(dtype=torch.bfloat16, head_dim=64, arch=90):
-    if not HAS_CUDA:
-        return "needs a CUDA device (none found)"
-    return cuda.problem(torch.device("cuda", 0), dtype, head_dim, arch)
+pytestmark = module_marks("cuda")
 
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_problem() is not None, reason=str(_problem()))]
-
-
-def _skip_unless_built(dtype, head_dim, config=None):
-    why = _problem(dtype, head_dim)
-    if why:
-        pytest.skip(why)
-    if config is not None and config not in cuda._built()["bwd_configs"]:
+def _skip_unless_built(dtype, head_dim, config):
+    skip_unless_runs("cuda", dtype, head_dim)
+    if config not in cuda._built()["bwd_configs"]:
         pytest.skip(f"backward config {config} was not built (HMAR_CUDA_DEV_BUILD)")
 
 
-def check_plan_path(patch_nums, row_bits, batch, heads, head_dim, dtype, scale, backend="cuda"):
-    """Eager forward + backward through hmar_kernels.attention (the C++ plan: no Python in the backward), outputs
-    poisoned; out, dQ, dK, dV against the float64 reference with check_close's rule."""
-    shape = (batch, heads, sum(p * p for p in patch_nums), head_dim)
-    q, k, v, dout = (torch.randn(shape, device="cuda", dtype=dtype) for _ in range(4))
-    matrix = [[bool((bits >> j) & 1) for j in range(len(patch_nums))] for bits in row_bits]
-    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-    with kernel_options(poison_outputs=True):
-        out = attention(*leaves, patch_nums, matrix, softmax_scale=scale, backend=backend)
-        grads = torch.autograd.grad(out, leaves, dout)
-    results = {}
-    for ref_dtype in (torch.float64, dtype):
-        ref_in = [t.detach().to(ref_dtype).requires_grad_() for t in (q, k, v)]
-        ref_out = reference_attention(*ref_in, patch_nums, row_bits, scale)[0]
-        results[ref_dtype] = (ref_out, *torch.autograd.grad(ref_out, ref_in, dout.to(ref_dtype)))
-    for name, got, gold, base in zip(("out", "dq", "dk", "dv"), (out, *grads), results[torch.float64],
-                                     results[dtype]):
-        check_close(f"{backend} {name}", got, gold, base)
-
-
-@pytest.mark.parametrize("px", [256, 1024])
-@pytest.mark.parametrize("pattern", ["block_diagonal", "block_causal"])
-@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("px, pattern, dtype, head_dim", real_schedule_params(pxs=(256, 1024)))
 def test_real_schedules_plan_path(px, pattern, dtype, head_dim):
-    _skip_unless_built(DTYPES[dtype], head_dim)
-    torch.manual_seed(px + head_dim)
-    pn = REAL_SCHEDULES[px]
-    batch, heads = (1, 2) if px == 1024 else (2, 3)
-    check_plan_path(pn, named_pattern_bits(pattern, len(pn)), batch, heads, head_dim, DTYPES[dtype],
-                    head_dim ** -0.5)
+    """The default config through the C++ plan (512 px: every config, in test_every_config)."""
+    check_plan_path(**real_case("cuda", px, pattern, dtype, head_dim))
 
 
 @pytest.mark.parametrize("config", range(NUM_CONFIGS))
@@ -87,25 +49,19 @@ def test_every_config(config, head_dim):
             check_plan_path(pn, bits, 1, 3, head_dim, torch.float16, 0.1)
 
 
-@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("seed", range(2 * NUM_CONFIGS))
 def test_random_schedules(seed):
     """Random schedules and patterns (diagonal, causal, random S×S), both dtypes, both head dims, a config in
-    turn, odd batch and head counts; the custom op on even seeds, the C++ plan on odd ones."""
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    patch_nums = random_schedule(rng, max_scales=6, max_side=20)
-    row_bits = pattern_of_kind(rng, seed, len(patch_nums))
-    dtype = (torch.bfloat16, torch.float16)[seed % 2]
-    head_dim = (64, 128)[(seed // 2) % 2]
+    turn, odd batch and head counts; the custom op on even seeds, the C++ plan on odd ones. Each config runs twice
+    (its seeds differ in parity): once in bf16 through the custom op, once in fp16 through the C++ plan."""
+    case = random_case("cuda", seed)
     config = seed % NUM_CONFIGS
-    _skip_unless_built(dtype, head_dim, config)
-    args = dict(batch=int(rng.integers(1, 4)), heads=int(rng.integers(1, 6)), head_dim=head_dim, dtype=dtype,
-                scale=float(rng.uniform(0.05, 0.5)))
+    _skip_unless_built(case["dtype"], case["head_dim"], config)
     with kernel_options(cuda_bwd_config=config):
         if seed % 2 == 0:
-            run_and_check(patch_nums, row_bits, backend="cuda", **args)
+            run_and_check(**case, backend="cuda")
         else:
-            check_plan_path(patch_nums, row_bits, **args)
+            check_plan_path(**case)
 
 
 @pytest.mark.parametrize("pattern", ["block_diagonal", "block_causal"])
@@ -133,7 +89,7 @@ def test_deterministic_configs_bit_identical(pattern):
 
 def test_triton_backward_stays_reachable():
     """KernelOptions(cuda_backward="triton"): the CUDA forward with the Triton backward, both paths."""
-    _skip_unless_built(torch.bfloat16, 64)
+    skip_unless_runs("cuda", torch.bfloat16, 64)
     torch.manual_seed(3)
     pn = REAL_SCHEDULES[256]
     with kernel_options(cuda_backward="triton"):

@@ -4,11 +4,12 @@ Every check goes through ``run_and_check`` of test_triton: fresh random inputs, 
 with NaN before the kernels run, O, LSE, dQ, dK, dV each held to 2 × the baseline error + 2 × rounding noise.
 Skips with the reason when there is no CUDA device, no sm90 GPU, or no built extension (HMAR_CUDA_JIT=1 builds it).
 """
-import numpy as np
 import pytest
 import torch
 
-from conftest import HAS_CUDA, REAL_SCHEDULES, check_close, pattern_of_kind, random_schedule
+from conftest import REAL_SCHEDULES, check_close
+from gpu_cases import (check_strided_inputs, check_unsupported_inputs_say_why, module_marks, random_case, real_case,
+                       real_schedule_params, skip_unless_runs)
 from hmar_kernels import attention, kernel_options
 from hmar_kernels.backends import cuda
 from hmar_kernels.api import _plan
@@ -16,58 +17,29 @@ from hmar_kernels.options import CUDA_SCHEDULERS
 from hmar_kernels.tiles import named_pattern_bits
 from test_triton import run_and_check
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+pytestmark = module_marks("cuda")
 
 
-def _problem(dtype=torch.bfloat16, head_dim=64):
-    return "needs a CUDA device (none found)" if not HAS_CUDA else cuda.problem(torch.device("cuda", 0), dtype,
-                                                                                 head_dim)
-
-
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_problem() is not None, reason=str(_problem()))]
-
-
-def _skip_unless_built(dtype, head_dim):
-    why = _problem(dtype, head_dim)
-    if why:
-        pytest.skip(why)
-
-
-@pytest.mark.parametrize("px", [256, 512, 1024])
-@pytest.mark.parametrize("pattern", ["block_diagonal", "block_causal"])
-@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("px, pattern, dtype, head_dim", real_schedule_params())
 def test_real_schedules(px, pattern, dtype, head_dim):
-    _skip_unless_built(DTYPES[dtype], head_dim)
-    torch.manual_seed(px + head_dim)
-    pn = REAL_SCHEDULES[px]
-    batch, heads = (1, 2) if px == 1024 else (2, 3)
-    run_and_check(pn, named_pattern_bits(pattern, len(pn)), batch=batch, heads=heads, head_dim=head_dim,
-                  dtype=DTYPES[dtype], scale=head_dim ** -0.5, backend="cuda")
+    run_and_check(**real_case("cuda", px, pattern, dtype, head_dim), backend="cuda")
 
 
 @pytest.mark.parametrize("seed", range(12))
 def test_random_schedules(seed):
     """Random schedules and patterns (diagonal, causal, random S×S), both dtypes, both head dims, every tile
     config and scheduler, odd batch and head counts."""
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    patch_nums = random_schedule(rng, max_scales=6, max_side=20)
-    row_bits = pattern_of_kind(rng, seed, len(patch_nums))
-    dtype = (torch.bfloat16, torch.float16)[seed % 2]
-    head_dim = (64, 128)[(seed // 2) % 2]
-    _skip_unless_built(dtype, head_dim)
+    case = random_case("cuda", seed)
     config = (seed // 4) % cuda._built()["configs"]
     with kernel_options(cuda_fwd_config=config, cuda_scheduler=CUDA_SCHEDULERS[seed % 3]):
-        run_and_check(patch_nums, row_bits, batch=int(rng.integers(1, 4)), heads=int(rng.integers(1, 6)),
-                      head_dim=head_dim, dtype=dtype, scale=float(rng.uniform(0.05, 0.5)), backend="cuda")
+        run_and_check(**case, backend="cuda")
 
 
 @pytest.mark.parametrize("config", [0, 1, 2])
 @pytest.mark.parametrize("scheduler", ["dynamic", "static", "grid"])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_tile_configs(config, scheduler, head_dim):
-    _skip_unless_built(torch.bfloat16, head_dim)
+    skip_unless_runs("cuda", torch.bfloat16, head_dim)
     if config >= cuda._built()["configs"]:
         pytest.skip("alternative tile configs were not built (HMAR_CUDA_DEV_BUILD)")
     torch.manual_seed(config)
@@ -81,10 +53,7 @@ def test_tile_configs(config, scheduler, head_dim):
 @pytest.mark.parametrize("pattern", ["block_diagonal", "block_causal"])
 def test_strided_inputs(pattern):
     """q, k, v as views of one fused (B, L, 3, H, D) tensor: TMA reads them through their strides."""
-    torch.manual_seed(5)
-    pn = (1, 2, 3, 4, 6, 9)
-    run_and_check(pn, named_pattern_bits(pattern, len(pn)), batch=2, heads=3, head_dim=64, dtype=torch.bfloat16,
-                  scale=0.2, layout="fused_qkv", backend="cuda")
+    check_strided_inputs("cuda", pattern)
 
 
 def test_single_token_and_single_scale():
@@ -151,8 +120,4 @@ def test_auto_prefers_cuda():
 
 
 def test_unsupported_inputs_say_why():
-    assert "dtypes" in cuda.problem(torch.device("cuda", 0), torch.float32, 64)
-    assert "head dims" in cuda.problem(torch.device("cuda", 0), torch.bfloat16, 96)
-    q = torch.randn(1, 1, 5, 64, device="cuda", dtype=torch.float32)
-    with pytest.raises(ValueError, match="dtypes"):
-        attention(q, q, q, (1, 2), backend="cuda")
+    check_unsupported_inputs_say_why("cuda")

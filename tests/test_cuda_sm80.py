@@ -3,79 +3,46 @@ float64 reference: the three real schedules and random schedules with random S×
 128, through both launch paths (the custom op: Python; the eager C++ plan); outputs and gradients poisoned, each
 held to check_close's rule. Runs on any sm80-or-later GPU (Hopper included); skips with the reason otherwise.
 """
-import numpy as np
 import pytest
 import torch
 
-from conftest import HAS_CUDA, REAL_SCHEDULES, pattern_of_kind, random_schedule
-from hmar_kernels import attention, kernel_options
+from conftest import REAL_SCHEDULES
+from gpu_cases import (check_plan_path, check_strided_inputs, check_unsupported_inputs_say_why, module_marks,
+                       random_case, real_case, real_schedule_params, skip_unless_runs)
+from hmar_kernels import kernel_options
 from hmar_kernels.api import _auto_backend
 from hmar_kernels.backends import cuda, cuda_sm80
 from hmar_kernels.tiles import named_pattern_bits
-from test_cuda_bwd import check_plan_path
 from test_triton import run_and_check
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+pytestmark = module_marks("cuda_sm80")
 
 
-def _problem(dtype=torch.bfloat16, head_dim=64):
-    if not HAS_CUDA:
-        return "needs a CUDA device (none found)"
-    return cuda_sm80.problem(torch.device("cuda", 0), dtype, head_dim)
-
-
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_problem() is not None, reason=str(_problem()))]
-
-
-def _skip_unless_built(dtype, head_dim):
-    why = _problem(dtype, head_dim)
-    if why:
-        pytest.skip(why)
-
-
-@pytest.mark.parametrize("px", [256, 512, 1024])
-@pytest.mark.parametrize("pattern", ["block_diagonal", "block_causal"])
-@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("px, pattern, dtype, head_dim", real_schedule_params())
 def test_real_schedules(px, pattern, dtype, head_dim):
     """The custom op (Python launches) on 256 and 512 px, the C++ plan on 1024 px."""
-    _skip_unless_built(DTYPES[dtype], head_dim)
-    torch.manual_seed(px + head_dim)
-    pn = REAL_SCHEDULES[px]
-    bits = named_pattern_bits(pattern, len(pn))
+    case = real_case("cuda_sm80", px, pattern, dtype, head_dim)
     if px == 1024:
-        check_plan_path(pn, bits, 1, 2, head_dim, DTYPES[dtype], head_dim ** -0.5, backend="cuda_sm80")
+        check_plan_path(**case, backend="cuda_sm80")
     else:
-        run_and_check(pn, bits, batch=2, heads=3, head_dim=head_dim, dtype=DTYPES[dtype], scale=head_dim ** -0.5,
-                      backend="cuda_sm80")
+        run_and_check(**case, backend="cuda_sm80")
 
 
 @pytest.mark.parametrize("seed", range(10))
 def test_random_schedules(seed):
     """Random schedules and patterns (diagonal, causal, random S×S), both dtypes, both head dims, odd batch and
     head counts; the custom op on even seeds, the C++ plan on odd ones."""
-    rng = np.random.default_rng(100 + seed)
-    torch.manual_seed(seed)
-    patch_nums = random_schedule(rng, max_scales=6, max_side=20)
-    row_bits = pattern_of_kind(rng, seed, len(patch_nums))
-    dtype = (torch.bfloat16, torch.float16)[seed % 2]
-    head_dim = (64, 128)[(seed // 2) % 2]
-    _skip_unless_built(dtype, head_dim)
-    args = dict(batch=int(rng.integers(1, 4)), heads=int(rng.integers(1, 6)), head_dim=head_dim, dtype=dtype,
-                scale=float(rng.uniform(0.05, 0.5)))
+    case = random_case("cuda_sm80", seed, rng_offset=100)
     if seed % 2 == 0:
-        run_and_check(patch_nums, row_bits, backend="cuda_sm80", **args)
+        run_and_check(**case, backend="cuda_sm80")
     else:
-        check_plan_path(patch_nums, row_bits, backend="cuda_sm80", **args)
+        check_plan_path(**case, backend="cuda_sm80")
 
 
 @pytest.mark.parametrize("pattern", ["block_diagonal", "block_causal"])
 def test_strided_inputs(pattern):
     """q, k, v as views of one fused (B, L, 3, H, D) tensor."""
-    torch.manual_seed(5)
-    pn = (1, 2, 3, 4, 6, 9)
-    run_and_check(pn, named_pattern_bits(pattern, len(pn)), batch=2, heads=3, head_dim=64, dtype=torch.bfloat16,
-                  scale=0.2, layout="fused_qkv", backend="cuda_sm80")
+    check_strided_inputs("cuda_sm80", pattern)
 
 
 def test_forward_bit_identical_run_to_run():
@@ -88,7 +55,7 @@ def test_forward_bit_identical_run_to_run():
 
 
 def test_triton_backward_option():
-    _skip_unless_built(torch.bfloat16, 64)
+    skip_unless_runs("cuda_sm80", torch.bfloat16, 64)
     pn = REAL_SCHEDULES[256]
     with kernel_options(cuda_backward="triton"):
         run_and_check(pn, named_pattern_bits("block_causal", len(pn)), batch=1, heads=2, head_dim=64,
@@ -110,8 +77,4 @@ def test_auto_picks_by_capability(capability, expected, monkeypatch):
 
 
 def test_unsupported_inputs_say_why():
-    assert "dtypes" in cuda_sm80.problem(torch.device("cuda", 0), torch.float32, 64)
-    assert "head dims" in cuda_sm80.problem(torch.device("cuda", 0), torch.bfloat16, 96)
-    q = torch.randn(1, 1, 5, 64, device="cuda", dtype=torch.float32)
-    with pytest.raises(ValueError, match="cuda_sm80"):
-        attention(q, q, q, (1, 2), backend="cuda_sm80")
+    check_unsupported_inputs_say_why("cuda_sm80")

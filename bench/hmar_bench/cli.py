@@ -7,7 +7,10 @@
 
 Every row is timed by hmar_bench.harness twice: fwd_ms / fwdbwd_ms from an idle GPU (CUDA events, median
 after warm-up, rotated inputs, host overhead included), and *_steady_* back to back as triton.testing.do_bench
-(the methodology of the anchors in docs/benchmarks.md; host overhead hidden behind the previous call's GPU work).
+(the methodology of the anchors in docs/benchmarks.md; host overhead hidden behind the previous call's GPU work),
+and *_graph_* as replays of the forward and of the forward+backward captured once in a CUDA graph (kernel time
+without the host path: what sets the 256 px rows; --no-graph skips it; a backend that cannot be captured gets
+empty cells and one line saying why).
 max_rel_err is the largest relative error of out, dq, dk, dv against the fp32 reference. The
 "dense_fa" rows (pattern "dense") are SDPA FlashAttention with no mask, TFLOP/s over all L² pairs: the measured
 dense rate that the plots draw as the reference line. Backends that cannot run a case are skipped with one line
@@ -36,7 +39,7 @@ from hmar_bench.harness import git_commit
 
 COLUMNS = ("device", "torch", "triton", "date", "commit", "px", "L", "B", "H", "D", "dtype", "pattern", "backend",
            "fwd_ms", "fwdbwd_ms", "fwd_tflops", "fwdbwd_tflops", "peak_mem_mb", "max_rel_err", "first_call_s",
-           "fwd_steady_ms", "fwdbwd_steady_ms", "fwd_steady_tflops", "fwdbwd_steady_tflops")
+           "fwd_steady_ms", "fwdbwd_steady_ms", "fwd_steady_tflops", "fwdbwd_steady_tflops", *bm.GRAPH_COLUMNS)
 KEY = ("px", "L", "B", "H", "D", "dtype", "pattern", "backend")  # rows with the same key replace each other
 
 # Small schedules for the CPU sweep: the interpreter takes ~25 s per case at 256 px, ~2 s at L = 155.
@@ -152,6 +155,7 @@ def run_sweep(args, device: torch.device, meta: dict | None = None, on_group=Non
 
     phases: dict = defaultdict(float)
     rows, failures, left = [], [], []
+    not_captured: set = set()  # (backend, why) already printed
     progress = Progress(sum(len(g) for g in runnable))
     for group in runnable:
         if not group:
@@ -182,10 +186,14 @@ def run_sweep(args, device: torch.device, meta: dict | None = None, on_group=Non
                 continue
             for phase, seconds in spent.items():
                 phases[phase, case.backend] += seconds
+            if args.graph:
+                row.update(graph_columns(case, inputs, args, phases, not_captured))
             group_rows.append({**(meta or {}), **row})
             progress.step(f"{case.label():44s} fwd {row['fwd_ms']:8.3f} ms {row['fwd_tflops']:6.1f} TF | "
                           f"fwd+bwd {row['fwdbwd_ms']:8.3f} ms {row['fwdbwd_tflops']:6.1f} TF | steady "
-                          f"{row['fwd_steady_tflops']:6.1f} / {row['fwdbwd_steady_tflops']:6.1f} TF | "
+                          f"{row['fwd_steady_tflops']:6.1f} / {row['fwdbwd_steady_tflops']:6.1f} TF | graph "
+                          f"{row.get('fwd_graph_tflops', math.nan):6.1f} / "
+                          f"{row.get('fwdbwd_graph_tflops', math.nan):6.1f} TF | "
                           f"err {row['max_rel_err']:.1e} | first call {row['first_call_s']:.1f} s")
         del inputs, references
         torch.cuda.empty_cache()
@@ -198,19 +206,38 @@ def run_sweep(args, device: torch.device, meta: dict | None = None, on_group=Non
     return rows, phases, failures
 
 
+def graph_columns(case: bm.AttentionCase, inputs, args, phases: dict, not_captured: set) -> dict:
+    """The case's *_graph_* columns (``bm.measure_graphs``); a backend that cannot be captured gets empty cells
+    and one printed line per (backend, reason)."""
+    start = time.perf_counter()
+    columns, why = bm.measure_graphs(case, inputs, args.reps, args.warmup)
+    phases["graphs", case.backend] += time.perf_counter() - start
+    if why is not None and (case.backend, why) not in not_captured:
+        not_captured.add((case.backend, why))
+        print(f"no graph column for {case.backend}: cannot be captured in a CUDA graph: {why} "
+              f"(first case: {case.label()})", flush=True)
+    return columns
+
+
 def print_table(rows: list[dict]):
-    """fwd / fwd+bwd ms per backend (columns), one line per (px, pattern, dtype, D)."""
+    """fwd / fwd+bwd ms per backend (columns), one line per (px, pattern, dtype, D); again for the CUDA-graph
+    replays when they were timed."""
     import pandas as pd
 
     if not rows:
         return
     df = pd.DataFrame(rows)
-    df["ms"] = df["fwd_ms"].map("{:.3f}".format) + " / " + df["fwdbwd_ms"].map("{:.3f}".format)
-    table = df.pivot_table(index=["px", "pattern", "dtype", "D"], columns="backend", values="ms", aggfunc="first")
-    order = [b for b in bm.SWEEP_BACKENDS if b in table.columns]
-    with pd.option_context("display.width", 250, "display.max_rows", 500, "display.max_columns", 20):
-        print("\nfwd / fwd+bwd ms (median)")
-        print(table[order].fillna("-").to_string())
+    for timing, title in (("", "fwd / fwd+bwd ms (median)"), ("_graph", "CUDA-graph replays: fwd / fwd+bwd ms")):
+        if f"fwd{timing}_ms" not in df or df[f"fwd{timing}_ms"].isna().all():
+            continue
+        df["ms"] = (df[f"fwd{timing}_ms"].map("{:.3f}".format) + " / "
+                    + df[f"fwdbwd{timing}_ms"].map("{:.3f}".format)).where(df[f"fwd{timing}_ms"].notna(), "-")
+        table = df.pivot_table(index=["px", "pattern", "dtype", "D"], columns="backend", values="ms",
+                               aggfunc="first")
+        order = [b for b in bm.SWEEP_BACKENDS if b in table.columns]
+        with pd.option_context("display.width", 250, "display.max_rows", 500, "display.max_columns", 20):
+            print(f"\n{title}")
+            print(table[order].fillna("-").to_string())
 
 
 def print_phases(phases: dict, total: float):
@@ -299,7 +326,7 @@ def cpu_sweep(args) -> int:
 # ---------------------------------------------------------------------------------------------------- CLI
 # Flags of the timed GPU sweep, refused by the CPU correctness sweep, and the other way round.
 GPU_ONLY_FLAGS = ("--px", "--head-dims", "--batch", "--heads", "--reps", "--warmup", "--quick", "--results",
-                  "--time-budget", "--fresh", "--no-plots", "--e2e", "--e2e-only", "--e2e-configs",
+                  "--time-budget", "--fresh", "--no-plots", "--no-graph", "--e2e", "--e2e-only", "--e2e-configs",
                   "--e2e-no-sampling")
 CPU_ONLY_FLAGS = ("--cpu-head-dims",)
 
@@ -354,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fresh", action="store_true",
                         help="overwrite attention.csv instead of replacing only the rows measured now")
     parser.add_argument("--no-plots", action="store_true", help="write the CSV only")
+    parser.add_argument("--no-graph", dest="graph", action="store_false",
+                        help="skip the CUDA-graph column (*_graph_*: fwd and fwd+bwd captured once and replayed), "
+                             "which adds two captures and their timed replays per case; its cells stay empty")
     parser.add_argument("--e2e", action="store_true",
                         help="also time a VAR / HMAR train step and sampling run per schedule (random weights) "
                              "into <results>/<gpu>/e2e.csv")
@@ -403,7 +433,8 @@ def run(args, device: torch.device, name: str) -> int:
                 date=datetime.date.today().isoformat(), commit=git_commit())
     print(f"hmar-bench on {name} (torch {meta['torch']}, triton {meta['triton']}, commit {meta['commit']}): "
           f"px {args.px}, {args.patterns}, {args.dtypes}, D {args.head_dims}, B={args.batch} H={args.heads}, "
-          f"{args.reps} reps{' (quick: no autotuning)' if args.quick else ''} → {out_dir}", flush=True)
+          f"{args.reps} reps{' (quick: no autotuning)' if args.quick else ''}"
+          f"{'' if args.graph else ', no CUDA-graph column'} → {out_dir}", flush=True)
     rows, phases, failures = [], defaultdict(float), []
     csv_path = out_dir / "attention.csv"
     if not args.e2e_only:

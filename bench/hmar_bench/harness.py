@@ -126,6 +126,44 @@ def fwd_call(attend: Callable, inputs: Sequence[tuple]) -> Callable[[int], objec
     return call
 
 
+def capture_graph(call: Callable[[], object], warmup: int = 3) -> tuple[torch.cuda.CUDAGraph, object]:
+    """(graph, static result) of ``call()`` captured in a CUDA graph, after ``warmup`` calls on a side stream
+    (torch.cuda.graph's recipe: lazy initialisation, autotuning and cached tables happen outside the capture)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        result = call()
+    return graph, result
+
+
+def graph_replays(make_call: Callable, inputs: Sequence[tuple]) -> tuple[Callable[[int], object], list]:
+    """A ``call(i)`` replaying the graph of input set i mod len(inputs) (one capture per set, so that replays
+    rotate through the sets as ``time_cuda``'s eager calls do), and each graph's static results.
+
+    ``make_call`` is ``fwd_call`` or ``fwd_bwd_call`` of an attend function; grads come from
+    torch.autograd.grad inside the capture, so the replays rewrite the same static gradient tensors."""
+    graphs, results = [], []
+    for one_set in inputs:
+        graph, result = capture_graph(lambda s=one_set: make_call([s])(0))
+        graphs.append(graph)
+        results.append(result)
+    return (lambda i: graphs[i % len(graphs)].replay()), results
+
+
+def capture_problem(error: BaseException) -> str:
+    """One line naming why a capture failed: the first error raised (torch.cuda.graph's exit raises its own
+    error on top of the one that broke the capture)."""
+    def line(e):
+        return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+
+    return line(error) + (f" (after {line(error.__context__)})" if error.__context__ is not None else "")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The attention sweep: one case = (schedule, pattern, backend, dtype, shape). hmar-bench and the pytest-benchmark
 # suites in bench/ both build their cases, inputs, references and errors here.
@@ -338,6 +376,33 @@ def measure_case(case: AttentionCase, inputs: Sequence[tuple], reference: Sequen
                fwdbwd_steady_tflops=flops * FWD_BWD_FACTOR / fwdbwd_steady / 1e9,
                peak_mem_mb=peak, max_rel_err=error, first_call_s=first)
     return row, {"first call": first, "timing": timing, "memory": memory}
+
+
+GRAPH_COLUMNS = ("fwd_graph_ms", "fwdbwd_graph_ms", "fwd_graph_tflops", "fwdbwd_graph_tflops")
+
+
+def measure_graphs(case: AttentionCase, inputs: Sequence[tuple], reps: int = 20, warmup: int = 3
+                   ) -> tuple[dict, str | None]:
+    """Kernel time of one case without its host path: (columns, problem).
+
+    The forward and the forward+backward are each captured once per input set with ``capture_graph`` and the
+    replays timed by ``time_cuda`` (median, warmed up): fwd_graph_ms, fwdbwd_graph_ms and their useful TFLOP/s.
+    Where the backend cannot be captured, the columns are NaN and ``problem`` says why (``capture_problem``).
+    """
+    attend = case.attend()
+    try:
+        fwd, _ = graph_replays(lambda s: fwd_call(attend, s), inputs)
+        fwd_ms = time_cuda(fwd, warmup=warmup, reps=reps).median_ms
+        del fwd
+        fwdbwd, _ = graph_replays(lambda s: fwd_bwd_call(attend, s), inputs)
+        fwdbwd_ms = time_cuda(fwdbwd, warmup=warmup, reps=reps).median_ms
+        del fwdbwd
+    except Exception as error:  # a backend that cannot be captured leaves its cells empty, with the reason
+        synchronize(inputs[0][0].device)
+        return dict.fromkeys(GRAPH_COLUMNS, float("nan")), capture_problem(error)
+    flops = case.flops()
+    return dict(fwd_graph_ms=fwd_ms, fwdbwd_graph_ms=fwdbwd_ms, fwd_graph_tflops=flops / fwd_ms / 1e9,
+                fwdbwd_graph_tflops=flops * FWD_BWD_FACTOR / fwdbwd_ms / 1e9), None
 
 
 def check_case(case: AttentionCase, device, attend: Callable | None = None, seed: int = 0) -> dict:

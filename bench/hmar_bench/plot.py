@@ -7,6 +7,8 @@ Per GPU (written next to its attention.csv, one set per dtype):
   speedup_<dtype>.png   speed-up of every backend over the sdpa boolean mask, per schedule (fwd, fwd+bwd)
   patterns_<dtype>.png  HMAR block-diagonal vs VAR block-causal time with each backend
   tflops_<dtype>.png    useful TFLOP/s against the measured dense FlashAttention rate (dense_fa, dashed)
+  tflops_graph_<dtype>.png  the same from CUDA-graph replays (kernel time without the host path; only when the
+                        CSV has the *_graph_* columns: files written before them, or with --no-graph, have none)
 Across GPUs (in the results folder): comparison_<dtype>_d<D>.png (useful TFLOP/s of each backend, one line style
 per GPU) and the headline table between the markers of results/README.md.
 """
@@ -22,11 +24,13 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from hmar_bench.harness import ANCHOR_BACKENDS, DENSE_BACKEND, OUR_BACKENDS, PATTERNS, SWEEP_BACKENDS  # noqa
+from hmar_bench.harness import (ANCHOR_BACKENDS, DENSE_BACKEND, GRAPH_COLUMNS, OUR_BACKENDS, PATTERNS,  # noqa
+                                SWEEP_BACKENDS)
 
 TEXT_COLUMNS = ("device", "torch", "triton", "date", "commit")
 SHAPE = ["px", "B", "H", "D", "dtype"]  # with the device, what makes two rows comparable
 PASSES = (("fwd", "forward"), ("fwdbwd", "forward + backward"))
+TIMINGS = {"": "from an idle GPU", "_graph": "CUDA-graph replays"}  # column infix → what the time includes
 PATTERN_TITLES = {"block_diagonal": "block-diagonal (HMAR)", "block_causal": "block-causal (VAR)"}
 COLORS = {"cuda": "tab:red", "cuda_sm80": "tab:pink", "triton": "tab:orange", "sdpa": "tab:gray", "flex": "tab:blue",
           "varlen": "tab:green", DENSE_BACKEND: "black"}
@@ -40,6 +44,9 @@ def load(paths) -> pd.DataFrame:
     for path in paths:
         df = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS})  # "2.10" stays a version, not 2.1
         df["gpu"] = Path(path).parent.name
+        for column in GRAPH_COLUMNS:  # files written before the graph column: empty cells
+            if column not in df:
+                df[column] = float("nan")
         frames.append(df)
     if not frames:
         raise ValueError("no attention.csv files given")
@@ -129,8 +136,14 @@ def plot_patterns(df: pd.DataFrame, dtype: str, path: Path) -> Path:
                             f"{_subtitle(df)}")
 
 
-def plot_tflops(df: pd.DataFrame, dtype: str, path: Path) -> Path:
-    """Useful TFLOP/s per schedule and backend, with the dense FlashAttention rate as a dashed line."""
+def has_timing(df: pd.DataFrame, timing: str) -> bool:
+    """Whether any row of ``df`` has times of ``timing`` (a key of TIMINGS)."""
+    return bool(df[f"fwd{timing}_ms"].notna().any())
+
+
+def plot_tflops(df: pd.DataFrame, dtype: str, path: Path, timing: str = "") -> Path:
+    """Useful TFLOP/s per schedule and backend, with the dense FlashAttention rate as a dashed line; ``timing``
+    picks the columns (a key of TIMINGS)."""
     df = df[df.dtype == dtype]
     dims = sorted(set(df.D))
     fig, axes = _grid(len(PATTERNS), 2 * len(dims))
@@ -139,7 +152,7 @@ def plot_tflops(df: pd.DataFrame, dtype: str, path: Path) -> Path:
             ax = axes[r][c]
             sub = df[(df.D == d) & ((df.pattern == pattern) | (df.backend == DENSE_BACKEND))]
             for backend in _backends(sub):
-                line = sub[sub.backend == backend].groupby("px")[f"{p}_tflops"].max()
+                line = sub[sub.backend == backend].groupby("px")[f"{p}{timing}_tflops"].max().dropna()
                 dense = backend == DENSE_BACKEND
                 ax.plot(line.index, line.values, marker="o", color=COLORS.get(backend), ls="--" if dense else "-",
                         label="dense FlashAttention (all L² pairs)" if dense else backend)
@@ -148,7 +161,8 @@ def plot_tflops(df: pd.DataFrame, dtype: str, path: Path) -> Path:
             ax.set_ylabel("useful TFLOP/s")
             ax.set_title(f"{PATTERN_TITLES[pattern]}\n{pass_name}, D={d}", fontsize=9)
     axes[0][0].legend(fontsize=7)
-    return _save(fig, path, f"{_gpu_names(df)}: achieved useful TFLOP/s, {dtype}, {_subtitle(df)}")
+    return _save(fig, path, f"{_gpu_names(df)}: achieved useful TFLOP/s ({TIMINGS[timing]}), {dtype}, "
+                            f"{_subtitle(df)}")
 
 
 def _gpu_names(df: pd.DataFrame) -> str:
@@ -165,6 +179,8 @@ def plot_gpu(csv_path) -> list[Path]:
         out.append(plot_speedup(df, dtype, csv_path.parent / f"speedup_{dtype}.png"))
         out.append(plot_patterns(df, dtype, csv_path.parent / f"patterns_{dtype}.png"))
         out.append(plot_tflops(df, dtype, csv_path.parent / f"tflops_{dtype}.png"))
+        if has_timing(df[df.dtype == dtype], "_graph"):
+            out.append(plot_tflops(df, dtype, csv_path.parent / f"tflops_graph_{dtype}.png", "_graph"))
     return out
 
 
@@ -195,20 +211,24 @@ def plot_comparison(df: pd.DataFrame, dtype: str, head_dim: int, path: Path) -> 
 
 def headline(df: pd.DataFrame, dtype: str = "bf16", head_dim: int = 64) -> pd.DataFrame:
     """Per GPU, schedule and pattern: our fastest backend, its times and useful TFLOP/s, its speed-up over the
-    fastest anchor (sdpa / flex / varlen), and the dense FlashAttention rate."""
+    fastest anchor (sdpa / flex / varlen), and the dense FlashAttention rate; from an idle GPU and, where the
+    rows have them, from CUDA-graph replays ("graph" columns)."""
     df = df[(df.dtype == dtype) & (df.D == head_dim)]
+    timings = [t for t in TIMINGS if has_timing(df, t)]
     rows = []
     for (gpu, px, pattern), sub in df[df.backend != DENSE_BACKEND].groupby(["gpu", "px", "pattern"]):
         dense = df[(df.gpu == gpu) & (df.px == px) & (df.backend == DENSE_BACKEND)]
         row = {"GPU": gpu, "px": px, "pattern": pattern}
-        for p, label in (("fwd", "fwd"), ("fwdbwd", "fwd+bwd")):
-            ours = sub[sub.backend.isin(OUR_BACKENDS)].sort_values(f"{p}_ms").head(1)
-            anchors = sub[sub.backend.isin(ANCHOR_BACKENDS)].sort_values(f"{p}_ms").head(1)
+        for (p, name), timing in ((p, t) for t in timings for p in (("fwd", "fwd"), ("fwdbwd", "fwd+bwd"))):
+            label, ms, tflops = f"{name}{timing.replace('_', ' ')}", f"{p}{timing}_ms", f"{p}{timing}_tflops"
+            timed = sub.dropna(subset=[ms])
+            ours = timed[timed.backend.isin(OUR_BACKENDS)].sort_values(ms).head(1)
+            anchors = timed[timed.backend.isin(ANCHOR_BACKENDS)].sort_values(ms).head(1)
             if len(ours):
-                row[f"{label}: ours"] = (f"{ours.backend.iloc[0]} {ours[f'{p}_ms'].iloc[0]:.3f} ms, "
-                                         f"{ours[f'{p}_tflops'].iloc[0]:.0f} TF/s")
+                row[f"{label}: ours"] = (f"{ours.backend.iloc[0]} {ours[ms].iloc[0]:.3f} ms, "
+                                         f"{ours[tflops].iloc[0]:.0f} TF/s")
             if len(ours) and len(anchors):
-                row[f"{label}: vs best anchor"] = (f"{anchors[f'{p}_ms'].iloc[0] / ours[f'{p}_ms'].iloc[0]:.2f}× "
+                row[f"{label}: vs best anchor"] = (f"{anchors[ms].iloc[0] / ours[ms].iloc[0]:.2f}× "
                                                    f"{anchors.backend.iloc[0]}")
         if len(dense):
             row["dense FA TF/s fwd, fwd+bwd"] = f"{dense.fwd_tflops.iloc[0]:.0f}, {dense.fwdbwd_tflops.iloc[0]:.0f}"
