@@ -227,3 +227,25 @@ def test_masked_finetuning_changes_exactly_the_trainable_parameters(reference, t
     assert torch.equal(composite.ns_head.weight, nsp["head.weight"])
     assert torch.equal(composite.mask_head.weight, mp["head.weight"])
     assert torch.equal(composite.mask_blocks[1].ffn.fc1.weight, mp["blocks.2.ffn.fc1.weight"])
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_tf32_setting_holds_for_the_run_and_is_restored(tmp_path, one_thread, monkeypatch, tf32):
+    """tf32=false turns TF32 off even where the process had it on (an earlier run's setting must not leak into
+    an fp32 comparison), tf32=true on; the process's own setting comes back after the run."""
+    import hmar_model.train.loop as loop
+
+    seen = []
+    run_once = loop._train
+    monkeypatch.setattr(loop, "_train", lambda *args: seen.append(
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)) or run_once(*args))
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    outside = not tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = outside
+    try:
+        train(load_config("tiny", ["data=synthetic", "max_steps=1", "save_at_end=false", f"tf32={str(tf32).lower()}",
+                                   f"out={tmp_path / 'run'}"]), say=lambda *_: None)
+        assert seen == [(tf32, tf32)]
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (outside, outside)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

@@ -99,8 +99,6 @@ class Run:
     def __init__(self, cfg, resume: bool, say):
         self.cfg, self.say = cfg, say
         self.env = env = parallel.setup(cfg.distributed)
-        if env.device.type == "cuda" and cfg.tf32:
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         self.patch_nums = tuple(cfg.patch_nums)
@@ -307,6 +305,23 @@ def _peak_mem_gb(device) -> float:
 def train(cfg, resume: bool = False, say=print) -> dict:
     """Run (or resume) ``cfg`` to cfg.max_steps; returns the last log record (or {} when nothing was left)."""
     os.makedirs(cfg.out, exist_ok=True)
+    with tf32_matmuls(cfg.tf32):
+        return _train(cfg, resume, say)
+
+
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool):
+    """TF32 matmuls and convolutions on or off for the run (both ways: a process may have turned them on before),
+    the process's previous setting restored afterwards."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def _train(cfg, resume: bool, say) -> dict:
     run = Run(cfg, resume, say)
     env, last = run.env, {}
     try:
@@ -327,11 +342,18 @@ def train(cfg, resume: bool = False, say=print) -> dict:
 def _loop(run: Run) -> dict:
     cfg, env = run.cfg, run.env
     log_path = os.path.join(cfg.out, "log.jsonl")
-    log_file = open(log_path, "a") if env.main else None
-    tb = None
-    if cfg.tensorboard and env.main:
-        from torch.utils.tensorboard import SummaryWriter
-        tb = SummaryWriter(os.path.join(cfg.out, "tb"))
+    with contextlib.ExitStack() as closing:  # the log files are closed however the loop ends (a signal included)
+        log_file = closing.enter_context(open(log_path, "a")) if env.main else None
+        tb = None
+        if cfg.tensorboard and env.main:
+            from torch.utils.tensorboard import SummaryWriter
+            tb = SummaryWriter(os.path.join(cfg.out, "tb"))
+            closing.callback(tb.close)
+        return _steps(run, log_file, tb)
+
+
+def _steps(run: Run, log_file, tb) -> dict:
+    cfg, env = run.cfg, run.env
     bar = tqdm(total=cfg.max_steps, initial=run.step, disable=not env.main, dynamic_ncols=True, desc="hmar-train")
     loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
     window_start, window_steps, data_s, last = time.perf_counter(), 0, 0.0, {}
@@ -376,10 +398,6 @@ def _loop(run: Run) -> dict:
     bar.close()
     if cfg.save_at_end:
         run.export()
-    if log_file:
-        log_file.close()
-    if tb:
-        tb.close()
     return last
 
 
