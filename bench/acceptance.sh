@@ -23,6 +23,11 @@
 #   bench     hmar-bench rows at 256 and 1024 px (bf16, D = 64; every backend, or BENCH_BACKENDS; BENCH_BUDGET s,
 #             default 170)
 #             → $OUT/<tree>/results/
+#   models    the model stack's GPU tests: compiled/fused/graphed training step, hmar-train, the sampler, hmar-eval
+#   e2e       hmar-bench --e2e-only: training steps (E2E_CONFIGS, default d16-256) and the sampling rows
+#             → $OUT/<tree>/results/<gpu>/e2e.csv
+#   sampler   bench/fast_sampler_gpu.py: hmar-eval generate's default path (d16, 256 px) and the sample rows
+#             → $OUT/<tree>/sampler/
 #   cudafwd   bench/cuda_fwd.py: the CUDA forward's tile configs and schedulers → $OUT/<tree>/cuda_fwd.csv
 #   sanitize  compute-sanitizer memcheck, racecheck and synccheck on small cases of our kernels only
 #             (bench/cuda_sanitize.py): the sm90 forward, the sm90 backward (every built config) and the sm80
@@ -105,6 +110,16 @@ raise SystemExit(1 if problem else 0)"
             run bench 300 "$PY" -m "$BENCH_CLI" --px 256 1024 --dtypes bf16 --head-dims 64 --no-plots \
                 --time-budget "${BENCH_BUDGET:-170}" --results "$LOGS/results" ${BENCH_BACKENDS:+--backends $BENCH_BACKENDS}
             ;;
+        models)
+            tests=$(ls tests/test_model_fast_gpu.py tests/test_train_gpu.py tests/test_fast_sampling_defaults.py \
+                tests/test_model_fast_sampling.py tests/test_model_gpu.py tests/test_eval_gpu.py 2>/dev/null)
+            run models 600 "$PY" -m pytest -q -p no:cacheprovider -rfs --durations=10 $tests
+            ;;
+        e2e)
+            run e2e 600 "$PY" -m "$BENCH_CLI" --e2e-only --e2e-configs ${E2E_CONFIGS:-d16-256} --no-plots \
+                --results "$LOGS/results"
+            ;;
+        sampler) run sampler 300 "$PY" bench/fast_sampler_gpu.py --out "$LOGS/sampler" ;;
         cudafwd) run cudafwd 200 "$PY" bench/cuda_fwd.py --out "$LOGS/cuda_fwd.csv" ;;
         sanitize)
             # only the target's kernels are instrumented (kns: kernel-name substring); torch's kernels run plain
@@ -120,7 +135,7 @@ raise SystemExit(1 if problem else 0)"
                 done
             done
             ;;
-        *) log "unknown stage $stage (stages: build smoke test kernels overhead bench cudafwd sanitize)"; FAILED=1 ;;
+        *) log "unknown stage $stage (stages: build smoke test kernels overhead bench models e2e sampler cudafwd sanitize)"; FAILED=1 ;;
         esac
     done
 done
