@@ -57,8 +57,9 @@ def default_mask_schedule(patch_nums: Sequence[int]) -> tuple[tuple[int, ...], .
 def validate_mask_schedule(schedule, patch_nums: Sequence[int]) -> tuple[tuple[int, ...], ...]:
     """Check a per-scale mask schedule against ``patch_nums`` and return it as a tuple of tuples.
 
-    Raises ValueError naming the scale when a count is negative, an entry does not sum to the scale's token
-    count, or the schedule has the wrong number of scales; scale 0 (the start token) cannot be refined.
+    Raises TypeError naming the scale when an entry is not a list of ints (the rule of ``patch_nums``), ValueError
+    when a count is negative, an entry is empty or does not sum to the scale's token count, or the schedule has the
+    wrong number of scales; scale 0 (the start token) cannot be refined.
     """
     if isinstance(schedule, (str, bytes)) or not isinstance(schedule, Sequence):
         raise TypeError(f"mask_schedule must be a sequence of per-scale count lists, got {type(schedule).__name__}")
@@ -69,10 +70,14 @@ def validate_mask_schedule(schedule, patch_nums: Sequence[int]) -> tuple[tuple[i
     for si, (entry, p) in enumerate(zip(schedule, patch_nums)):
         if isinstance(entry, numbers.Integral):
             entry = (entry,)
-        if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or len(entry) == 0:
+        if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence):
+            raise TypeError(f"mask_schedule[{si}] must be a non-empty list of counts, got {entry!r}")
+        if len(entry) == 0:
             raise ValueError(f"mask_schedule[{si}] must be a non-empty list of counts, got {entry!r}")
         for a in entry:
-            if isinstance(a, bool) or not isinstance(a, numbers.Integral) or a < 0:
+            if isinstance(a, bool) or not isinstance(a, numbers.Integral):
+                raise TypeError(f"mask_schedule[{si}] = {list(entry)} must hold non-negative ints, got {a!r}")
+            if a < 0:
                 raise ValueError(f"mask_schedule[{si}] = {list(entry)} must hold non-negative ints, got {a!r}")
         if sum(entry) != p * p:
             raise ValueError(f"mask_schedule[{si}] = {list(entry)} sums to {sum(entry)} but scale {si} "

@@ -96,6 +96,16 @@ def test_bad_mask_schedules_raise(models, schedule, message):
         hm.sample(models["hmar"], models["vqvae"], labels=[1], seed=0, mask_schedule=schedule)
 
 
+@pytest.mark.parametrize("schedule,message", [
+    ([[1], [1.5, 2.5], [9], [16]], r"mask_schedule\[1\] = \[1.5, 2.5\] must hold non-negative ints, got 1.5"),
+    ([[1], [True, 3], [9], [16]], "must hold non-negative ints, got True"),
+    ([[1], "4", [9], [16]], r"mask_schedule\[1\] must be a non-empty list of counts"),
+])
+def test_mask_schedules_of_the_wrong_type_raise_type_error(models, schedule, message):
+    with pytest.raises(TypeError, match=message):
+        hm.sample(models["hmar"], models["vqvae"], labels=[1], seed=0, mask_schedule=schedule)
+
+
 def test_refinement_needs_the_composite_model(models):
     with pytest.raises(ValueError, match="no masked-prediction path"):
         hm.sample(models["var"], models["vqvae"], labels=[1], seed=0, mask_schedule=SCHEDULE)
