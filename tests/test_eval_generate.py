@@ -41,6 +41,21 @@ def load(path):
         return npz["arr_0"], npz["arr_1"]
 
 
+def crash_sample_after(monkeypatch, batches: int):
+    """Make hmar_model.eval.generate's sampler raise KeyboardInterrupt (a kill) after ``batches`` batches; returns
+    the list of seeds sampled so far and the real sampler."""
+    calls, real_sample = [], gen.sample
+
+    def crashing_sample(*args, **kw):
+        if len(calls) == batches:
+            raise KeyboardInterrupt("killed")
+        calls.append(kw["seed"])
+        return real_sample(*args, **kw)
+
+    monkeypatch.setattr(gen, "sample", crashing_sample)
+    return calls, real_sample
+
+
 def test_batches_follow_the_protocol(models, tmp_path):
     model, vqvae = models
     out = gen.generate_samples(model, vqvae, str(tmp_path / "s.npz"), classes=[3, 7, 1], per_class=2, batch_size=4,
@@ -63,15 +78,7 @@ def test_resume_after_a_crash_gives_the_same_file(models, tmp_path, monkeypatch)
     kwargs = dict(classes=[0, 1, 2, 3, 4], per_class=2, batch_size=3, progress=False, **SETTINGS)
     gen.generate_samples(model, vqvae, str(tmp_path / "whole.npz"), **kwargs)
 
-    calls, real_sample = [], gen.sample
-
-    def crashing_sample(*args, **kw):
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        calls.append(kw["seed"])
-        return real_sample(*args, **kw)
-
-    monkeypatch.setattr(gen, "sample", crashing_sample)
+    calls, real_sample = crash_sample_after(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         gen.generate_samples(model, vqvae, str(tmp_path / "resumed.npz"), **kwargs)
     shards = sorted(os.listdir(tmp_path / "resumed.shards"))

@@ -11,13 +11,9 @@ from hmar_model.eval.features import extract_features  # noqa: E402
 from hmar_model.eval.inception import random_inception  # noqa: E402
 from hmar_model.eval.metrics import precision_recall  # noqa: E402
 from hmar_model.tiny import randomize_, tiny_transformer, tiny_vqvae  # noqa: E402
+from test_eval_generate import crash_sample_after, load  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
-
-
-def load(path):
-    with np.load(path) as npz:
-        return npz["arr_0"], npz["arr_1"]
 
 
 def test_resume_through_cuda_graphs_gives_the_same_file(tmp_path, monkeypatch):
@@ -29,15 +25,7 @@ def test_resume_through_cuda_graphs_gives_the_same_file(tmp_path, monkeypatch):
     kwargs = dict(classes=list(range(8)), per_class=3, batch_size=4, cfg=1.5, top_k=10, top_p=0.9, seed=1,
                   progress=False)
     gen.generate_samples(model, vqvae, str(tmp_path / "whole.npz"), **kwargs)   # eager, capture, then replays
-    calls, real_sample = [], gen.sample
-
-    def crashing_sample(*args, **kw):
-        if len(calls) == 3:
-            raise KeyboardInterrupt("killed")
-        calls.append(kw["seed"])
-        return real_sample(*args, **kw)
-
-    monkeypatch.setattr(gen, "sample", crashing_sample)
+    _, real_sample = crash_sample_after(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         gen.generate_samples(model, vqvae, str(tmp_path / "resumed.npz"), **kwargs)
     monkeypatch.setattr(gen, "sample", real_sample)
