@@ -98,9 +98,14 @@ def check_model_arguments(parser: argparse.ArgumentParser, args):
         parser.error(f"--n-layers-train must be ≥ 1, got {args.n_layers_train}")
 
 
-def run_command(prog: str, parser: argparse.ArgumentParser, body: Callable, argv=None) -> int:
-    """Parse, run ``body(args)``; user errors and running out of GPU memory → one message on stderr and exit
-    code 2 (``--debug``: the traceback)."""
+SAMPLING_MEMORY_HINT = ("make fewer images at a time (--num-images, --rows), decode in chunks (--decode-chunk) or use "
+                        "--dtype bf16")
+
+
+def run_command(prog: str, parser: argparse.ArgumentParser, body: Callable, argv=None,
+                memory_hint: str = SAMPLING_MEMORY_HINT) -> int:
+    """Parse, run ``body(args)``; user errors and running out of GPU memory (with ``memory_hint``: what to change)
+    → one message on stderr and exit code 2 (``--debug``: the traceback)."""
     args = parser.parse_args(argv)
     try:
         return body(args)
@@ -112,8 +117,7 @@ def run_command(prog: str, parser: argparse.ArgumentParser, body: Callable, argv
     except torch.cuda.OutOfMemoryError as error:
         if args.debug:
             raise
-        print(f"{prog}: error: out of GPU memory ({str(error).splitlines()[0]}); make fewer images at a time "
-              "(--num-images, --rows), decode in chunks (--decode-chunk) or use --dtype bf16", file=sys.stderr)
+        print(f"{prog}: error: out of GPU memory ({str(error).splitlines()[0]}); {memory_hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if args.debug:

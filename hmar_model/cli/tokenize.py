@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from ..schedules import PATCH_NUMS
-from .common import int_list, resolve_device
+from .common import int_list, resolve_device, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,23 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    from ..train.config import ConfigError
-    from ..train.data import DataError
+    return run_command("hmar-tokenize", build_parser(), tokenize, argv,
+                       memory_hint="encode fewer images at a time (--batch)")
+
+
+def tokenize(args) -> int:
     from ..train.tokenize import tokenize_folder
 
-    try:
-        patch_nums = args.patch_nums or PATCH_NUMS[args.resolution]
-        device = resolve_device(args.device)
-        tokenize_folder(args.data, args.out, args.vae, patch_nums, vae_seed=args.vae_seed, views=args.views,
-                        flip=args.flip, batch=args.batch, shard_size=args.shard_size, seed=args.seed, device=device)
-    except (ConfigError, DataError, ValueError) as error:
-        if args.debug:
-            raise
-        print(f"hmar-tokenize: error: {error}", file=sys.stderr)
-        return 2
+    patch_nums = args.patch_nums or PATCH_NUMS[args.resolution]
+    device = resolve_device(args.device)
+    tokenize_folder(args.data, args.out, args.vae, patch_nums, vae_seed=args.vae_seed, views=args.views,
+                    flip=args.flip, batch=args.batch, shard_size=args.shard_size, seed=args.seed, device=device)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

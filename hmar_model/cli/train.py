@@ -16,6 +16,7 @@ import sys
 
 from ..train.config import (RESUMABLE_OVERRIDES, ConfigError, differences, from_yaml_text, load_config, merge,
                             parse_overrides, valid_keys)
+from .common import run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,25 +72,19 @@ def resolve_config(args):
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_command("hmar-train", build_parser(), run, argv,
+                       memory_hint="lower batch= (raise accum= to keep the global batch) or use precision=bf16")
+
+
+def run(args) -> int:
     if args.list_keys:
         print("\n".join(valid_keys()))
         return 0
-    from ..train.checkpoint import ResumeMismatch
-    from ..train.data import DataError
+    from ..train.loop import train
 
-    try:
-        cfg, resume = resolve_config(args)
-        from ..train.loop import train
-
-        train(cfg, resume=resume)
-    except (ConfigError, DataError, ResumeMismatch) as error:
-        if args.debug:
-            raise
-        print(f"hmar-train: error: {error}", file=sys.stderr)
-        return 2
+    cfg, resume = resolve_config(args)
+    train(cfg, resume=resume)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
