@@ -37,6 +37,30 @@ struct Strides {
 };
 Strides strides(at::Tensor const& t) { return {tma_stride(t, 0), tma_stride(t, 1), tma_stride(t, 2)}; }
 
+// The fields BwdParams (sm90a) and BwdParamsSm80 share: the tensors' pointers and strides, the shape, the dtype
+// and the softmax scale.
+template <class Params>
+void fill_common(Params& p, at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor const& out,
+                 at::Tensor const& dout, at::Tensor const& lse, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv,
+                 double softmax_scale) {
+    p.q = q.data_ptr(), p.k = k.data_ptr(), p.v = v.data_ptr(), p.out = out.data_ptr(), p.dout = dout.data_ptr();
+    p.dq = dq.data_ptr(), p.dk = dk.data_ptr(), p.dv = dv.data_ptr();
+    Strides s = strides(q);
+    p.q_batch_stride = s.batch, p.q_head_stride = s.head, p.q_row_stride = s.row;
+    s = strides(k), p.k_batch_stride = s.batch, p.k_head_stride = s.head, p.k_row_stride = s.row;
+    s = strides(v), p.v_batch_stride = s.batch, p.v_head_stride = s.head, p.v_row_stride = s.row;
+    s = strides(out), p.o_batch_stride = s.batch, p.o_head_stride = s.head, p.o_row_stride = s.row;
+    s = strides(dout), p.do_batch_stride = s.batch, p.do_head_stride = s.head, p.do_row_stride = s.row;
+    s = strides(dq), p.dq_batch_stride = s.batch, p.dq_head_stride = s.head, p.dq_row_stride = s.row;
+    s = strides(dk), p.dk_batch_stride = s.batch, p.dk_head_stride = s.head, p.dk_row_stride = s.row;
+    s = strides(dv), p.dv_batch_stride = s.batch, p.dv_head_stride = s.head, p.dv_row_stride = s.row;
+    p.lse = lse.data_ptr<float>();
+    p.batch = int(q.size(0)), p.heads = int(q.size(1)), p.seqlen = int(q.size(2)), p.head_dim = int(q.size(3));
+    p.is_bf16 = q.scalar_type() == at::kBFloat16;
+    p.softmax_scale = float(softmax_scale);
+    p.softmax_scale_log2 = float(softmax_scale * 1.4426950408889634);
+}
+
 void run_sm90(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor const& out,
               at::Tensor const& dout, at::Tensor const& lse, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv,
               CudaBackward const& args, cudaStream_t stream) {
@@ -46,25 +70,10 @@ void run_sm90(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at:
     at::Tensor delta = at::empty({B, H, L}, floats), lse_log2 = at::empty({B, H, L}, floats);
     at::Tensor dq_accum = info.needs_dq_accum ? at::empty({B, H, L + info.block_cols, D}, floats) : at::Tensor();
     BwdParams p{};
-    p.q = q.data_ptr(), p.k = k.data_ptr(), p.v = v.data_ptr(), p.out = out.data_ptr(), p.dout = dout.data_ptr();
-    Strides s = strides(q);
-    p.q_batch_stride = s.batch, p.q_head_stride = s.head, p.q_row_stride = s.row;
-    s = strides(k), p.k_batch_stride = s.batch, p.k_head_stride = s.head, p.k_row_stride = s.row;
-    s = strides(v), p.v_batch_stride = s.batch, p.v_head_stride = s.head, p.v_row_stride = s.row;
-    s = strides(out), p.o_batch_stride = s.batch, p.o_head_stride = s.head, p.o_row_stride = s.row;
-    s = strides(dout), p.do_batch_stride = s.batch, p.do_head_stride = s.head, p.do_row_stride = s.row;
-    p.lse = lse.data_ptr<float>();
-    p.dq = dq.data_ptr(), p.dk = dk.data_ptr(), p.dv = dv.data_ptr();
-    s = strides(dq), p.dq_batch_stride = s.batch, p.dq_head_stride = s.head, p.dq_row_stride = s.row;
-    s = strides(dk), p.dk_batch_stride = s.batch, p.dk_head_stride = s.head, p.dk_row_stride = s.row;
-    s = strides(dv), p.dv_batch_stride = s.batch, p.dv_head_stride = s.head, p.dv_row_stride = s.row;
+    fill_common(p, q, k, v, out, dout, lse, dq, dk, dv, args.softmax_scale);
     p.delta = delta.data_ptr<float>();
     p.lse_log2 = lse_log2.data_ptr<float>();
     p.dq_accum = info.needs_dq_accum ? dq_accum.data_ptr<float>() : nullptr;
-    p.batch = int(B), p.heads = int(H), p.seqlen = int(L), p.head_dim = int(D);
-    p.is_bf16 = q.scalar_type() == at::kBFloat16;
-    p.softmax_scale = float(args.softmax_scale);
-    p.softmax_scale_log2 = float(args.softmax_scale * 1.4426950408889634);
     p.kv = bwd_tables(check_tables(args.kv, q, "kv tables"));
     p.q_tables = bwd_tables(check_tables(args.q, q, "q tables"));
     if (info.paired) {
@@ -82,24 +91,9 @@ void run_sm80(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at:
     auto const floats = q.options().dtype(at::kFloat);
     at::Tensor delta = at::empty({B, H, L}, floats), dq_accum = at::empty({B, H, L, D}, floats);
     BwdParamsSm80 p{};
-    p.q = q.data_ptr(), p.k = k.data_ptr(), p.v = v.data_ptr(), p.out = out.data_ptr(), p.dout = dout.data_ptr();
-    p.dq = dq.data_ptr(), p.dk = dk.data_ptr(), p.dv = dv.data_ptr();
-    Strides s = strides(q);
-    p.q_batch_stride = s.batch, p.q_head_stride = s.head, p.q_row_stride = s.row;
-    s = strides(k), p.k_batch_stride = s.batch, p.k_head_stride = s.head, p.k_row_stride = s.row;
-    s = strides(v), p.v_batch_stride = s.batch, p.v_head_stride = s.head, p.v_row_stride = s.row;
-    s = strides(out), p.o_batch_stride = s.batch, p.o_head_stride = s.head, p.o_row_stride = s.row;
-    s = strides(dout), p.do_batch_stride = s.batch, p.do_head_stride = s.head, p.do_row_stride = s.row;
-    s = strides(dq), p.dq_batch_stride = s.batch, p.dq_head_stride = s.head, p.dq_row_stride = s.row;
-    s = strides(dk), p.dk_batch_stride = s.batch, p.dk_head_stride = s.head, p.dk_row_stride = s.row;
-    s = strides(dv), p.dv_batch_stride = s.batch, p.dv_head_stride = s.head, p.dv_row_stride = s.row;
-    p.lse = lse.data_ptr<float>();
+    fill_common(p, q, k, v, out, dout, lse, dq, dk, dv, args.softmax_scale);
     p.delta = delta.data_ptr<float>();
     p.dq_accum = dq_accum.data_ptr<float>();
-    p.batch = int(B), p.heads = int(H), p.seqlen = int(L), p.head_dim = int(D);
-    p.is_bf16 = q.scalar_type() == at::kBFloat16;
-    p.softmax_scale = float(args.softmax_scale);
-    p.softmax_scale_log2 = float(args.softmax_scale * 1.4426950408889634);
     TablePointers const t = check_tables(args.kv, q, "kv tables");
     p.row_lo = t.row_lo, p.row_hi = t.row_hi, p.row_start = t.row_start, p.row_end = t.row_end;
     p.col_offsets = t.col_offsets, p.col_num_full = t.col_num_full, p.col_start = t.col_start;
