@@ -70,12 +70,12 @@ class StepGraph:
     same work for every input of the captured shapes."""
 
     def __init__(self, step_fn, optimizer: torch.optim.Optimizer, name: str = "training step"):
-        problem = static_problem(next(p.device for g in optimizer.param_groups for p in g["params"]), optimizer)
+        self.device = next(p.device for g in optimizer.param_groups for p in g["params"])
+        problem = static_problem(self.device, optimizer)
         if problem is not None:
             raise ValueError(f"{name}: cannot capture the step: {problem}")
         self.step_fn, self.optimizer, self.name = step_fn, optimizer, name
         self.calls, self.graph, self.eager_only = 0, None, False
-        self.device = next(p.device for g in optimizer.param_groups for p in g["params"])
         self.capturable = [group["capturable"] for group in optimizer.param_groups]  # restored when giving up
         for group in optimizer.param_groups:
             group["capturable"] = True
