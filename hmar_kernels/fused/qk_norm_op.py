@@ -43,15 +43,24 @@ def _row_tile(ptr, b, h, offs_l, L, s_b, s_h, s_l, D: tl.constexpr):
 
 
 @triton.jit
-def qk_norm_fwd_kernel(q_ptr, k_ptr, t_ptr, qo_ptr, ko_ptr, H, L,
-                       sq_b, sq_h, sq_l, sk_b, sk_h, sk_l,
-                       D: tl.constexpr, BLOCK: tl.constexpr, EPS: tl.constexpr, COMPUTE: tl.constexpr):
+def _program_rows(q_ptr, k_ptr, t_ptr, H, L, sq_b, sq_h, sq_l, sk_b, sk_h, sk_l,
+                  D: tl.constexpr, BLOCK: tl.constexpr, COMPUTE: tl.constexpr):
+    """This program's (b·h, b, h), its BLOCK rows, head h's temperature and the q / k row tiles (+ row mask)."""
     bh = tl.program_id(1)
     b, h = bh // H, bh % H
     offs_l = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     t = tl.load(t_ptr + h).to(COMPUTE)
     q_ptrs, mask = _row_tile(q_ptr, b, h, offs_l, L, sq_b, sq_h, sq_l, D)
     k_ptrs, _ = _row_tile(k_ptr, b, h, offs_l, L, sk_b, sk_h, sk_l, D)
+    return bh, b, h, offs_l, t, q_ptrs, k_ptrs, mask
+
+
+@triton.jit
+def qk_norm_fwd_kernel(q_ptr, k_ptr, t_ptr, qo_ptr, ko_ptr, H, L,
+                       sq_b, sq_h, sq_l, sk_b, sk_h, sk_l,
+                       D: tl.constexpr, BLOCK: tl.constexpr, EPS: tl.constexpr, COMPUTE: tl.constexpr):
+    bh, b, h, offs_l, t, q_ptrs, k_ptrs, mask = _program_rows(q_ptr, k_ptr, t_ptr, H, L, sq_b, sq_h, sq_l,
+                                                              sk_b, sk_h, sk_l, D, BLOCK, COMPUTE)
     q = tl.load(q_ptrs, mask=mask, other=0.0).to(COMPUTE)
     k = tl.load(k_ptrs, mask=mask, other=0.0).to(COMPUTE)
     q_scale = t / tl.maximum(tl.sqrt(tl.sum(q * q, axis=1)), EPS)  # (BLOCK,)
@@ -77,12 +86,8 @@ def _normalize_bwd(x, dy, EPS: tl.constexpr):
 def qk_norm_bwd_kernel(q_ptr, k_ptr, t_ptr, dqo_ptr, dko_ptr, dq_ptr, dk_ptr, dt_part_ptr, H, L,
                        sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sdq_b, sdq_h, sdq_l, sdk_b, sdk_h, sdk_l,
                        D: tl.constexpr, BLOCK: tl.constexpr, EPS: tl.constexpr, COMPUTE: tl.constexpr):
-    bh = tl.program_id(1)
-    b, h = bh // H, bh % H
-    offs_l = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    t = tl.load(t_ptr + h).to(COMPUTE)
-    q_ptrs, mask = _row_tile(q_ptr, b, h, offs_l, L, sq_b, sq_h, sq_l, D)
-    k_ptrs, _ = _row_tile(k_ptr, b, h, offs_l, L, sk_b, sk_h, sk_l, D)
+    bh, b, h, offs_l, t, q_ptrs, k_ptrs, mask = _program_rows(q_ptr, k_ptr, t_ptr, H, L, sq_b, sq_h, sq_l,
+                                                              sk_b, sk_h, sk_l, D, BLOCK, COMPUTE)
     dqo_ptrs, _ = _row_tile(dqo_ptr, b, h, offs_l, L, sdq_b, sdq_h, sdq_l, D)
     dko_ptrs, _ = _row_tile(dko_ptr, b, h, offs_l, L, sdk_b, sdk_h, sdk_l, D)
     dqo = tl.load(dqo_ptrs, mask=mask, other=0.0).to(COMPUTE)
