@@ -67,13 +67,17 @@ run() {
   "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } \
     > "$OUT/summary.txt" 2>&1
 ROOT=$PWD
+CALLER_COMMIT=${HMAR_GIT_COMMIT:-}
 for TREE in ${TREES:-.}; do
     cd "$ROOT/$TREE" || { log "no tree $TREE"; FAILED=1; continue; }
     TREE_NAME=$(basename "$(realpath "$TREE")")
     [ "$TREE" = "." ] && TREE_NAME=this
     LOGS=$OUT/$TREE_NAME
     mkdir -p "$LOGS"
-    export PYTHONPATH=$PWD:$PWD/bench HMAR_GIT_COMMIT=$TREE_NAME  # rows name their tree (set per tree, never inherited)
+    # rows name their tree: its name, or for "." the caller's HMAR_GIT_COMMIT (a copied checkout's git may be stale)
+    COMMIT=$TREE_NAME
+    [ "$TREE" = "." ] && COMMIT=${CALLER_COMMIT:-this}
+    export PYTHONPATH=$PWD:$PWD/bench HMAR_GIT_COMMIT=$COMMIT
     "$PY" -c "import hmar_kernels._C" 2>/dev/null || export HMAR_CUDA_JIT=1
     # hmar-bench's module: hmar_bench.cli, or hmar_model.cli.bench in trees from before the bench package
     BENCH_CLI=hmar_bench.cli
