@@ -25,6 +25,7 @@
 #             → $OUT/<tree>/results/
 #   models    the model stack's GPU tests: compiled/fused/graphed training step, hmar-train, the sampler, hmar-eval
 #   e2e       hmar-bench --e2e-only: training steps (E2E_CONFIGS, default d16-256) and the sampling rows
+#             (E2E_SAMPLING=0: training rows only)
 #             → $OUT/<tree>/results/<gpu>/e2e.csv
 #   sampler   bench/fast_sampler_gpu.py: hmar-eval generate's default path (d16, 256 px) and the sample rows
 #             → $OUT/<tree>/sampler/
@@ -121,6 +122,7 @@ raise SystemExit(1 if problem else 0)"
             ;;
         e2e)
             run e2e 600 "$PY" -m "$BENCH_CLI" --e2e-only --e2e-configs ${E2E_CONFIGS:-d16-256} --no-plots \
+                $([ "${E2E_SAMPLING:-1}" = 0 ] && echo --e2e-no-sampling) \
                 --results "$LOGS/results"
             ;;
         sampler) run sampler 300 "$PY" bench/fast_sampler_gpu.py --out "$LOGS/sampler" ;;
