@@ -69,6 +69,7 @@ run() {
     > "$OUT/summary.txt" 2>&1
 ROOT=$PWD
 CALLER_COMMIT=${HMAR_GIT_COMMIT:-}
+CALLER_PYTHONPATH=${PYTHONPATH:-}  # kept behind each tree (e.g. packages installed with pip --target)
 for TREE in ${TREES:-.}; do
     cd "$ROOT/$TREE" || { log "no tree $TREE"; FAILED=1; continue; }
     TREE_NAME=$(basename "$(realpath "$TREE")")
@@ -78,7 +79,7 @@ for TREE in ${TREES:-.}; do
     # rows name their tree: its name, or for "." the caller's HMAR_GIT_COMMIT (a copied checkout's git may be stale)
     COMMIT=$TREE_NAME
     [ "$TREE" = "." ] && COMMIT=${CALLER_COMMIT:-this}
-    export PYTHONPATH=$PWD:$PWD/bench HMAR_GIT_COMMIT=$COMMIT
+    export PYTHONPATH=$PWD:$PWD/bench${CALLER_PYTHONPATH:+:$CALLER_PYTHONPATH} HMAR_GIT_COMMIT=$COMMIT
     "$PY" -c "import hmar_kernels._C" 2>/dev/null || export HMAR_CUDA_JIT=1
     # hmar-bench's module: hmar_bench.cli, or hmar_model.cli.bench in trees from before the bench package
     BENCH_CLI=hmar_bench.cli
