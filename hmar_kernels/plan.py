@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from .notices import warn_once
 from .options import KernelOptions, current_options
 
 NOT_BUILT = False  # LaunchPlan.native before the C++ plan was tried (None: it cannot be built)
@@ -40,14 +41,22 @@ class LaunchPlan:
 
 
 _plans: dict = {}
+# Plans are never dropped: a captured CUDA graph keeps launching a plan's device tables, and the C++ autograd
+# Function keeps its registered copy. Past this many keys the calls almost certainly vary a shape every time.
+MANY_PLANS = 512
 
 
 def launch_plan(backend: str, patch_nums: tuple[int, ...], row_bits: tuple[int, ...], softmax_scale: float,
                 q: torch.Tensor) -> LaunchPlan:
     """The plan of ``backend`` for inputs like q (B, H, L, D) under the current kernel options (made on first use;
-    plans live as long as the process)."""
+    plans live as long as the process: a one-time warning when there are ``MANY_PLANS`` of them)."""
     key = (backend, patch_nums, row_bits, softmax_scale, q.shape, q.dtype, q.device, current_options())
     plan = _plans.get(key)
     if plan is None:
         plan = _plans[key] = LaunchPlan(*key)
+        if len(_plans) == MANY_PLANS:
+            warn_once(f"hmar_kernels: {MANY_PLANS} launch plans built in this process, one per distinct (backend, "
+                      f"schedule, mask, scale, shape, dtype, device, options); plans are kept for the process's "
+                      f"life (captured CUDA graphs use them), so calls whose shapes keep changing (e.g. every "
+                      f"batch size) grow memory and pay each new plan's set-up: pad to a few fixed shapes")
     return plan

@@ -44,3 +44,20 @@ def test_other_keys_get_other_plans():
     assert launch_plan("triton", PN, BITS, 0.25, _inputs(heads=3)[0]) is not plan
     with kernel_options(poison_outputs=True):
         assert launch_plan("triton", PN, BITS, 0.25, q) is not plan
+
+
+def test_many_plans_warn_once(monkeypatch):
+    """Plans are kept for the process's life; a run that builds MANY_PLANS of them is told so, once."""
+    from hmar_kernels import notices, plan as plan_module
+    monkeypatch.setattr(plan_module, "_plans", {})
+    monkeypatch.setattr(plan_module, "MANY_PLANS", 3)
+    monkeypatch.setattr(notices, "_said", set())
+    q = _inputs()[0]
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for length in (4, 5, 5, 6, 7, 8):  # 5 distinct shapes: the 3rd new one warns, repeats build nothing
+            launch_plan("triton", PN, BITS, 0.25, q[:, :, :length])
+    messages = [str(w.message) for w in caught if "launch plans built" in str(w.message)]
+    assert len(messages) == 1 and "3 launch plans" in messages[0]
+    assert len(plan_module._plans) == 5
