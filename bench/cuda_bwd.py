@@ -52,7 +52,8 @@ def main():
     args = parser.parse_args()
     ext = cuda.module()
     default = ext.bwd_default_config
-    configs = sorted(cuda._built()["bwd_configs"], key=lambda c: c != default)  # the default first: the others' reference
+    # the default first: the others are compared with it
+    configs = sorted(cuda._built()["bwd_configs"], key=lambda c: c != default)
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, date=datetime.date.today().isoformat(),
                 commit=bm.git_commit())
     args.out.parent.mkdir(parents=True, exist_ok=True)
