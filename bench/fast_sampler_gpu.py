@@ -7,7 +7,8 @@ Random weights, bf16, TF32 on, d16's evaluation settings (cfg 1.7, top-k 1000, t
 
 1. generate (``eval.csv`` rows, bench/eval_gpu.py's columns): ``generate_samples`` with the command's defaults
    (``fast_sampler``'s compiled pair, made once as ``hmar-eval generate`` does; batch ``DEFAULT_BATCH_SIZE``).
-   A first run of 3 batches pays the compilation, the eager warm-up and the CUDA-graph capture ("first run" row);
+   A first run of 3 batches pays the compilation, the eager warm-up and the CUDA-graph capture ("first run" row,
+   whose note gives the torch.compile seconds and frames: the compiled block's two and the decoder's one);
    then --images images are timed. ``est_50k_s`` = the first run's extra time (its seconds minus its images at the
    steady rate: compilation, warm-up, capture) + 50,000 images at the steady rate: a whole 50k run on one GPU.
 2. ``sample`` rows (``e2e.csv``, hmar_bench.e2e's columns): 32 images through the same compiled passes with a
@@ -57,6 +58,14 @@ def timed_generate(model, vqvae, folder: str, name: str, classes: int, batch: in
     return seconds
 
 
+def compile_seconds() -> str:
+    """Time spent in torch.compile so far (Dynamo's per-frame totals: tracing, Inductor, kernel compilation)."""
+    import torch._dynamo.utils
+
+    frames = torch._dynamo.utils.compilation_time_metrics.get("_compile.compile_inner", [])
+    return f"torch.compile {sum(frames):.1f} s over {len(frames)} frames"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for eval.csv and e2e.csv")
@@ -96,7 +105,8 @@ def main(argv=None) -> int:
         first = timed_generate(fast_model, fast_vqvae, folder, "first", first_images // PER_CLASS, args.batch,
                                settings, device, args.progress)
         table.add(**row, images=first_images, seconds=first, images_per_s=first_images / first,
-                  note=f"{mode} sampler; first run: compilation + eager warm-up + CUDA-graph capture + replay")
+                  note=f"{mode} sampler; first run: compilation ({compile_seconds()}) + eager warm-up + "
+                       f"CUDA-graph capture + replay")
         images = args.images // PER_CLASS * PER_CLASS
         seconds = timed_generate(fast_model, fast_vqvae, folder, "timed", images // PER_CLASS, args.batch, settings,
                                  device, args.progress)

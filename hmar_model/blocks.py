@@ -79,7 +79,7 @@ class KVCache:
 
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Stochastic depth: drop the whole residual branch of a sample with probability p, rescale the rest."""
-    if p == 0.0 or not training:
+    if not training or p == 0.0:  # training first: inference never reads p (compiled blocks share one graph)
         return x
     keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - p)
     return x * keep.div_(1 - p)
@@ -166,11 +166,21 @@ class AdaLNBeforeHead(nn.Module):
         return self.ln_wo_grad(x_BLC).mul(scale.add(1)).add_(shift)
 
 
+def call_block(block: AdaLNSelfAttn, x_BLC, cond_BD, attend: Attend, fused: bool = False) -> torch.Tensor:
+    """``block(x, cond, attend, fused)``: the unit that ``sampling.CompiledInference`` compiles once for every
+    block (the parameters are graph inputs, so blocks of one width share the compiled code)."""
+    return block(x_BLC, cond_BD, attend, fused)
+
+
+BlockCall = Callable[..., torch.Tensor]  # call_block's signature
+
+
 def run_blocks(blocks: Sequence[AdaLNSelfAttn], x_BLC, cond_BD, attend: Attend | Sequence[Attend],
-               fused: bool = False):
-    """Run ``blocks`` in order; ``attend`` is one function for all or one per block (a KV cache's layers)."""
+               fused: bool = False, call: BlockCall = call_block):
+    """Run ``blocks`` in order; ``attend`` is one function for all or one per block (a KV cache's layers);
+    ``call`` runs one block (``call_block``, or a compiled copy of it)."""
     for i, block in enumerate(blocks):
-        x_BLC = block(x_BLC, cond_BD, attend if callable(attend) else attend[i], fused)
+        x_BLC = call(block, x_BLC, cond_BD, attend if callable(attend) else attend[i], fused)
     return x_BLC
 
 

@@ -1,13 +1,15 @@
-"""The fast sampler, on by default on CUDA: HMAR's per-scale passes compiled (``CompiledInference``) and the VQVAE
-decoder compiled in channels-last (``CompiledDecoding``), inside the captured scale loop.
+"""The fast sampler, on by default on CUDA: the transformer blocks of HMAR's per-scale passes compiled
+(``CompiledInference``) and the VQVAE decoder compiled in channels-last (``CompiledDecoding``), inside the captured
+scale loop.
 
     fast_model, fast_vqvae = fast_sampler(model, vqvae, dtype=torch.bfloat16)   # once per model pair
     images = sample(fast_model, fast_vqvae, labels=[207, 360], seed=0, dtype=torch.bfloat16)
 
 ``compile``: None → on for CUDA models where ``torch.compile`` can run (otherwise the eager pair, with a one-time
 notice saying why on a CUDA model); False → the eager pair (the reference); True → compiled, or a ValueError
-saying why not. Compilation happens in the first ``sample`` call (dynamic shapes for the passes: one graph per path
-for every scale and batch; the decoder: one per batch size, smaller batches padded, see ``CompiledDecoding``).
+saying why not. Compilation happens in the first ``sample`` call (one block compiled with dynamic shapes serves
+every block of both passes at every scale and batch: two graphs, the one-token first scale and the others, whatever
+the depth; the decoder: one per batch size, smaller batches padded, see ``CompiledDecoding``).
 Keep the returned pair and reuse it: new wrappers compile again.
 """
 from __future__ import annotations

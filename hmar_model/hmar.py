@@ -19,8 +19,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .blocks import (AdaLNBeforeHead, MultiScaleAttention, ScaleEmbeddings, at_least_fp32, dense_attention,
-                     head_cross_entropy, logits, run_blocks)
+from .blocks import (AdaLNBeforeHead, BlockCall, MultiScaleAttention, ScaleEmbeddings, at_least_fp32, call_block,
+                     dense_attention, head_cross_entropy, logits, run_blocks)
 from .schedules import PATCH_NUMS
 from .quant import autocast_disabled
 from .var import VAR, TransformerConfig, build_transformer, make_blocks
@@ -166,16 +166,16 @@ class HMAR(_SplitBiasEmbeddings):
 
     forward = forward_next_scale
 
-    # ---- inference protocol used by sampling.generate ----
+    # ---- inference protocol used by sampling.generate (``call`` runs one block, see ``run_blocks``) ----
     def inference_state(self):
         return None
 
-    def next_scale_logits(self, tokens_BlC, cond_BD, state=None) -> torch.Tensor:
-        x_BlC = run_blocks(self.ns_path, tokens_BlC, cond_BD, dense_attention)
+    def next_scale_logits(self, tokens_BlC, cond_BD, state=None, call: BlockCall = call_block) -> torch.Tensor:
+        x_BlC = run_blocks(self.ns_path, tokens_BlC, cond_BD, dense_attention, call=call)
         return logits(self.ns_head_nm, self.ns_head, x_BlC, cond_BD)
 
-    def mask_logits(self, tokens_BlC, cond_BD) -> torch.Tensor:
-        x_BlC = run_blocks(self.mask_path, tokens_BlC, cond_BD, dense_attention)
+    def mask_logits(self, tokens_BlC, cond_BD, call: BlockCall = call_block) -> torch.Tensor:
+        x_BlC = run_blocks(self.mask_path, tokens_BlC, cond_BD, dense_attention, call=call)
         return logits(self.mask_head_nm, self.mask_head, x_BlC, cond_BD)
 
 

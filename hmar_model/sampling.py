@@ -23,6 +23,7 @@ How the loop runs never changes what it computes (same seed, same tokens, bit fo
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import numbers
@@ -31,6 +32,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 
+from .blocks import call_block
 from .pairing import check_fit
 from .progress import progress_ticks, validate_progress
 from .schedules import default_mask_schedule, no_refinement_schedule, validate_mask_schedule
@@ -236,28 +238,32 @@ def refinement_hook(model, quantizer, schedule, *, cfg: float, refine_guidance: 
 
 # ---- compiled forward passes (the default on CUDA through fast_sampling.fast_sampler) ----
 class CompiledInference:
-    """``model`` for the sampler with HMAR's per-scale passes (``next_scale_logits``, ``mask_logits``) compiled.
+    """``model`` for the sampler with the transformer blocks of HMAR's per-scale passes (``next_scale_logits``,
+    ``mask_logits``) compiled: regional compilation, one compiled block for every block of both passes.
 
         images = sample(CompiledInference(hmar), CompiledDecoding(vqvae), labels, dtype=torch.bfloat16, seed=0)
 
-    The passes are stateless (each sees one scale), so one dynamic-shape graph per path serves every scale and batch;
+    ``blocks.call_block`` is compiled once with dynamic shapes; the block's parameters are graph inputs, so every
+    block (base, next-scale and mask blocks alike) runs the same compiled code, at every scale and batch: two
+    graphs in all (Dynamo specialises the one-token first scale), whatever the depth, where compiling whole passes
+    traced and compiled every block of each pass. The embeddings and the head (a few kernels per pass) stay eager.
     Inductor fuses the ≈ 40 eager kernels of a block's LayerNorms, modulations, q/k normalisation and GELU into a
     few, and its kernels are captured in the loop's CUDA graph as the eager ones are. Compiled rounding differs
     from eager: greedy tokens (top_k = 1) equal the reference loop's, sampled ones can differ where a draw sits on
-    a rounding boundary. VAR (KV cache) is passed through uncompiled: its cache lengths change every scale.
-    Every other attribute is the model's.
+    a rounding boundary. VAR's KV-cached steps run uncompiled (its cache lengths change every scale; HMAR-NSP,
+    stateless, is compiled). The model itself is not modified; every other attribute is the model's.
     """
 
     def __init__(self, model, compile_backend: str = "inductor"):
         self.model = model
-        stateless = model.inference_state() is None
-        compile_pass = lambda fn: torch.compile(fn, backend=compile_backend, dynamic=True, fullgraph=True)  # noqa: E731
-        self._next_scale_logits = compile_pass(model.next_scale_logits) if stateless else model.next_scale_logits
+        self._call_block = torch.compile(call_block, backend=compile_backend, dynamic=True, fullgraph=True)
         if hasattr(model, "mask_logits"):
-            self.mask_logits = compile_pass(model.mask_logits)
+            self.mask_logits = functools.partial(model.mask_logits, call=self._call_block)
 
     def next_scale_logits(self, tokens_BlC, cond_BD, state=None):
-        return self._next_scale_logits(tokens_BlC, cond_BD, state)
+        if state is not None:  # VAR's KV cache
+            return self.model.next_scale_logits(tokens_BlC, cond_BD, state)
+        return self.model.next_scale_logits(tokens_BlC, cond_BD, state, call=self._call_block)
 
     def __getattr__(self, name):  # only called for names not set above: the model's
         return getattr(self.__dict__["model"], name)

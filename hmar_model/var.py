@@ -21,9 +21,9 @@ import torch.nn as nn
 
 from hmar_kernels.tiles import validate_patch_nums
 
-from .blocks import (AdaLNBeforeHead, AdaLNSelfAttn, KVCache, MultiScaleAttention, ScaleEmbeddings, at_least_fp32,
-                     dense_attention, head_cross_entropy, init_transformer_weights_, logits, official_adaln_gamma,
-                     run_blocks)
+from .blocks import (AdaLNBeforeHead, AdaLNSelfAttn, BlockCall, KVCache, MultiScaleAttention, ScaleEmbeddings,
+                     at_least_fp32, call_block, dense_attention, head_cross_entropy, init_transformer_weights_, logits,
+                     official_adaln_gamma, run_blocks)
 from .quant import autocast_disabled
 from .schedules import PATCH_NUMS
 
@@ -108,9 +108,11 @@ class VAR(ScaleEmbeddings):
         """A fresh KV cache (VAR) or None (Markovian models: each step sees its own scale only)."""
         return KVCache(len(self.blocks), self.lvl_1L.shape[1])
 
-    def next_scale_logits(self, tokens_BlC: torch.Tensor, cond_BD: torch.Tensor, state) -> torch.Tensor:
+    def next_scale_logits(self, tokens_BlC: torch.Tensor, cond_BD: torch.Tensor, state,
+                          call: BlockCall = call_block) -> torch.Tensor:
+        """Logits (B, l, V) of this step's scale; ``call`` runs one block (see ``run_blocks``)."""
         attend = dense_attention if state is None else [state.layer(i) for i in range(len(self.blocks))]
-        x_BlC = run_blocks(self.blocks, tokens_BlC, cond_BD, attend)
+        x_BlC = run_blocks(self.blocks, tokens_BlC, cond_BD, attend, call=call)
         return logits(self.head_nm, self.head, x_BlC, cond_BD)
 
 

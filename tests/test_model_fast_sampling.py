@@ -1,5 +1,7 @@
 """The sampler with the compiled decoder (``CompiledDecoding``): the same tokens as the eager sampler, images
-within the decoder dtype's rounding of the eager decoder's; on the GPU, Inductor and the captured loop."""
+within the decoder dtype's rounding of the eager decoder's; the compiled blocks (``CompiledInference``): greedy
+tokens equal the reference loop's, one block graph whatever the depth, scale, batch or pass; on the GPU, Inductor
+and the captured loop."""
 import pytest
 import torch
 
@@ -67,3 +69,47 @@ def test_compiled_inference_greedy_tokens_equal_the_reference_loop(kind):
     img, idx = hm.sample(fast, vqvae, **kw)
     assert all(torch.equal(a, b) for a, b in zip(idx, want_idx))
     torch.testing.assert_close(img, want_img)
+
+
+class CountingRuns:
+    """A torch.compile backend that counts the graphs it is given and the times they run (as traced)."""
+
+    def __init__(self):
+        self.graphs = self.runs = 0
+
+    def __call__(self, gm, example_inputs):
+        self.graphs += 1
+
+        def run(*args):
+            self.runs += 1
+            return gm.forward(*args)
+        return run
+
+
+REFINING = [[1], [1, 3], [2, 3, 4], [4, 12]]  # refinement passes at scales 1, 2 (two) and 3
+
+
+@pytest.mark.parametrize("depth", [2, 5])
+def test_compiled_inference_compiles_the_block_once_for_every_depth_scale_batch_and_pass(depth):
+    """Regional compilation: two block graphs (Dynamo specialises the one-token first scale) for depth 2 and 5
+    alike, over three batch sizes and both passes; every block of every pass runs compiled; the model itself still
+    runs eagerly; greedy tokens equal the reference loop's."""
+    from hmar_model.sampling import CompiledInference
+
+    torch._dynamo.reset()  # earlier wrappers' entries for call_block must not count here
+    torch.manual_seed(depth)
+    vqvae = tiny_vqvae()
+    model = randomize_(tiny_transformer("hmar", depth=depth, n_layers_train=1, drop_path_rate=0.2), seed=depth,
+                       std=0.1).eval()
+    assert len({block.drop_path_rate for block in model.modules() if hasattr(block, "drop_path_rate")}) > 1
+    backend = CountingRuns()
+    fast = CompiledInference(model, compile_backend=backend)
+    passes = len(REFINING) + sum(len(counts) - 1 for counts in REFINING)  # next-scale passes + refinement passes
+    for calls, labels in enumerate(([1, 2, 3], [4], [5, 6]), start=1):
+        kw = dict(labels=labels, cfg=1.5, top_k=1, top_p=0.0, seed=calls, mask_schedule=REFINING,
+                  return_indices=True)
+        _, idx = hm.sample(fast, vqvae, **kw)
+        _, want = hm.sample(model, vqvae, reference=True, **kw)  # eager: runs no compiled graph
+        assert all(torch.equal(a, b) for a, b in zip(idx, want)), labels
+        assert backend.graphs == 2, f"{backend.graphs} block graphs (a recompile per depth, scale, batch or pass?)"
+        assert backend.runs == calls * passes * depth, (backend.runs, calls, passes, depth)
