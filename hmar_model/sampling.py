@@ -251,7 +251,8 @@ class CompiledInference:
     few, and its kernels are captured in the loop's CUDA graph as the eager ones are. Compiled rounding differs
     from eager: greedy tokens (top_k = 1) equal the reference loop's, sampled ones can differ where a draw sits on
     a rounding boundary. VAR's KV-cached steps run uncompiled (its cache lengths change every scale; HMAR-NSP,
-    stateless, is compiled). The model itself is not modified; every other attribute is the model's.
+    stateless, is compiled). The model itself is not modified; every other attribute is the model's. All wrappers
+    share ``call_block``'s Dynamo cache: two entries per block shape and precision, of Dynamo's recompile limit.
     """
 
     def __init__(self, model, compile_backend: str = "inductor"):
