@@ -233,3 +233,25 @@ def test_benchmark_script_smoke_run_writes_its_rows(tmp_path):
     rate, first_s = float(steady["images_per_s"]), float(first["seconds"])
     overhead = max(0.0, first_s - 100 / rate)
     assert float(steady["est_50k_s"]) == pytest.approx(overhead + 50_000 / rate, rel=0.02)
+
+
+def test_fast_sampler_script_full_run_smoke(tmp_path):
+    """bench/fast_sampler_gpu.py --smoke --full: one row for the whole cold run, its seconds covering at least
+    the generate call itself (timed from the process's start)."""
+    import csv
+    import importlib.util
+    import time
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "fast_sampler_gpu.py"
+    spec = importlib.util.spec_from_file_location("fast_sampler_gpu_full", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    started = time.perf_counter()
+    assert script.main(["--smoke", "--full", "--out", str(tmp_path)]) == 0
+    elapsed = time.perf_counter() - started
+    with open(tmp_path / "eval.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["task"] == "generate" and row["images"] == "150" and "one cold run" in row["note"]
+    assert elapsed - 0.01 <= float(row["seconds"]) <= time.perf_counter() - script.STARTED + 0.01  # 2 decimals
+    assert float(row["images_per_s"]) == pytest.approx(150 / float(row["seconds"]), rel=0.02)
