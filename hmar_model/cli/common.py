@@ -78,7 +78,7 @@ def add_compile_argument(group):
 def announce_compile(prog: str, compiled: bool):
     """One line on stderr when the sampler will compile, so that the first batch's wait is explained."""
     if compiled:
-        print(f"{prog}: the sampler compiles on its first batch (about a minute for d16; --no-compile runs it "
+        print(f"{prog}: the sampler compiles on its first batch (about 30 s for d16; --no-compile runs it "
               "eagerly)", file=sys.stderr)
 
 
