@@ -4,7 +4,8 @@
     python bench/fast_sampler_gpu.py --smoke --out /tmp/fs   # tiny models on the CPU: checks the script
     python bench/fast_sampler_gpu.py --full --out $OUT       # one cold 50,000-image run, timed end to end
 
-Random weights, bf16, TF32 on, d16's evaluation settings (cfg 1.7, top-k 1000, top-p 0.99, default refinement).
+Random weights, bf16, TF32 on, the depth's evaluation settings (d16: cfg 1.7, top-k 1000, top-p 0.99; d30: cfg 1.6,
+top-k 650, top-p 0.99; default refinement). ``--depth 30`` times HMAR-d30 instead.
 
 1. generate (``eval.csv`` rows, bench/eval_gpu.py's columns): ``generate_samples`` with the command's defaults
    (``fast_sampler``'s compiled pair, made once as ``hmar-eval generate`` does; batch ``DEFAULT_BATCH_SIZE``).
@@ -82,6 +83,8 @@ def main(argv=None) -> int:
                              "start to the final .npz; nothing else")
     parser.add_argument("--sweep", type=int, nargs="*", default=[],
                         help="also time sample() alone at these batch sizes (generate settings)")
+    parser.add_argument("--depth", type=int, choices=sorted(eval_gpu.EVAL_SETTINGS), default=16,
+                        help="HMAR depth (random weights)")
     parser.add_argument("--progress", action="store_true", help="progress bars")
     parser.add_argument("--smoke", action="store_true", help="tiny models and few images on the CPU")
     args = parser.parse_args(argv)
@@ -96,9 +99,9 @@ def main(argv=None) -> int:
     else:
         device, per_batch = torch.device("cuda"), 3
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as hmar-eval generate
-        model = build_hmar(16, PATCH_NUMS[256], device=device).eval()
-        vqvae, px, name = build_vqvae(PATCH_NUMS[256], device=device).eval(), 256, "hmar-d16"
-        settings = eval_gpu.EVAL_SETTINGS[16]
+        model = build_hmar(args.depth, PATCH_NUMS[256], device=device).eval()
+        vqvae, px, name = build_vqvae(PATCH_NUMS[256], device=device).eval(), 256, f"hmar-d{args.depth}"
+        settings = eval_gpu.EVAL_SETTINGS[args.depth]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = eval_gpu.Csv(str(out / "eval.csv"), device)
